@@ -1,0 +1,30 @@
+# Two commands do all the set-up: `make pipeline` and `make test`. Both create .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Stage commands in dvc.yaml call `python`; this makes it the project's interpreter.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: venv pipeline test test-fast ui clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+pipeline: venv
+	$(BIN)/dvc repro
+
+test: venv
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+clean:
+	rm -rf data/raw data/validated data/prepared models reports dvc.lock

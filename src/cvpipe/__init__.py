@@ -1,0 +1,1 @@
+"""cvpipe: reproducible DVC + MLflow pipeline for convolutional vision models."""

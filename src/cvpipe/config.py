@@ -1,0 +1,166 @@
+"""params.yaml → typed, frozen configuration: the one place where config becomes arguments.
+
+Each params section maps to one frozen dataclass; stage scripts load them and pass plain
+keyword arguments into the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cvpipe.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml as a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    with path.open() as fh:
+        params = yaml.safe_load(fh)
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def from_section(cls: type[T], section: dict[str, Any] | None, where: str) -> T:
+    """Build dataclass ``cls`` from a params section, rejecting unknown keys by name."""
+    section = dict(section or {})
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown key(s) {unknown} in section '{where}'; allowed: {sorted(names)}")
+    try:
+        return cls(**section)
+    except TypeError as exc:
+        raise ConfigError(f"params.yaml: section '{where}': {exc}") from None
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """The embedded synthetic dataset (data.shapes)."""
+
+    num_images: int = 2000
+    image_size: int = 128  # px, square scenes
+    min_objects: int = 2
+    max_objects: int = 6
+    min_object_size: int = 16  # px, side of the object's bounding square
+    max_object_size: int = 46
+    max_occlusion: float = 0.35  # an object may lose at most this fraction of its area to later objects
+    clutter: int = 8  # thin distractor strokes per scene
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "shapes"
+    path: str = "data/raw/shapes"
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "DataConfig":
+        section = dict(params.get("data") or {})
+        shapes = from_section(ShapesConfig, section.pop("shapes", None), "data.shapes")
+        return dataclasses.replace(from_section(cls, section, "data"), shapes=shapes)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    on_error: str = "fail"  # fail | quarantine
+    box_tolerance_px: float = 0.5  # boxes may overhang the image by this much (rounding)
+    max_examples: int = 5  # offending rows quoted per failed rule
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("fail", "quarantine"):
+            raise ConfigError(f"params.yaml: validate.on_error must be 'fail' or 'quarantine', got {self.on_error!r}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    image_size: int = 128  # px, images are letterboxed to this square
+    train_fraction: float = 0.7
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    crop_size: int = 48  # px, object-centred classification crops
+    crop_context: float = 1.25  # crop side = context × longer box side
+
+    def __post_init__(self) -> None:
+        total = self.train_fraction + self.val_fraction + self.test_fraction
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"params.yaml: prepare split fractions sum to {total}, not 1")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    amp: bool = True  # mixed precision, only ever used on CUDA
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "cvpipe"
+    registry_prefix: str = "cvpipe"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    latency_runs: int = 30
+    parity_images: int = 64
+
+
+def model_section(params: dict[str, Any], model: str) -> dict[str, Any]:
+    """The params section of one configured model, with a clear error when it is missing."""
+    models = params.get("models") or {}
+    if model not in models:
+        raise ConfigError(f"params.yaml: models.{model} is not defined; defined: {sorted(models)}")
+    return dict(models[model])
+
+
+@dataclass(frozen=True)
+class ClassifierTuneConfig:
+    target_precision: float = 0.99  # precision wanted on the predictions that are not rejected
+
+
+@dataclass(frozen=True)
+class ClassifierExportConfig:
+    max_abs_diff: float = 1e-3  # largest allowed |onnx - torch| on the logits
+    min_top1_agreement: float = 0.999
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """models.<name> for task 'classification'."""
+
+    task: str = "classification"
+    arch: str = "small_resnet"
+    width: int = 32  # channels of the first stage; doubled at every later stage
+    blocks_per_stage: int = 1
+    stem_stride: int = 2  # 1 keeps full crop resolution in the first stage (4× its compute)
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 0.003  # peak learning rate of AdamW under a one-cycle schedule
+    weight_decay: float = 0.0005
+    label_smoothing: float = 0.05
+    pretrained: str | None = None  # local path or URL of a state_dict to start from
+    tune: ClassifierTuneConfig = field(default_factory=ClassifierTuneConfig)
+    export: ClassifierExportConfig = field(default_factory=ClassifierExportConfig)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], model: str) -> "ClassifierConfig":
+        section = model_section(params, model)
+        tune = from_section(ClassifierTuneConfig, section.pop("tune", None), f"models.{model}.tune")
+        export = from_section(ClassifierExportConfig, section.pop("export", None), f"models.{model}.export")
+        return dataclasses.replace(from_section(cls, section, f"models.{model}"), tune=tune, export=export)
+
+
+def model_task(params: dict[str, Any], model: str) -> str:
+    """The task ('classification', ...) a configured model solves."""
+    return str(model_section(params, model).get("task", ""))

@@ -1,0 +1,1 @@
+"""Datasets: the synthetic generator, importers, validation, preparation and array-backed datasets."""

@@ -1,0 +1,96 @@
+"""The canonical dataset: three pandas tables every importer produces and every later stage reads.
+
+Tables (DESIGN.md, "validate"):
+- ``images``: image_id (int, unique), file_name (str, relative to ``image_root``), width, height (px),
+  split ("train" | "val" | "test" | None when the source gives no split).
+- ``annotations``: ann_id (int, unique), image_id, category_id (1..K, contiguous), x, y, w, h
+  (COCO box: top-left corner and size in px of the original image), area, iscrowd (0/1),
+  segmentation (COCO RLE or polygon list, or None).
+- ``categories``: category_id (1..K), name.
+
+COCO instances JSON is the interchange format because pycocotools reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+IMAGE_COLUMNS = ["image_id", "file_name", "width", "height", "split"]
+ANNOTATION_COLUMNS = ["ann_id", "image_id", "category_id", "x", "y", "w", "h", "area", "iscrowd", "segmentation"]
+CATEGORY_COLUMNS = ["category_id", "name"]
+
+
+@dataclass
+class CanonicalDataset:
+    """The three canonical tables plus the folder their ``file_name`` values are relative to."""
+
+    images: pd.DataFrame
+    annotations: pd.DataFrame
+    categories: pd.DataFrame
+    image_root: Path
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.categories.sort_values("category_id")["name"].tolist()
+
+    def to_coco(self) -> dict[str, Any]:
+        """COCO instances dict; ``info.image_root`` records where the files live."""
+        images = [
+            {"id": int(r.image_id), "file_name": str(r.file_name), "width": int(r.width), "height": int(r.height),
+             **({"split": r.split} if isinstance(r.split, str) else {})}
+            for r in self.images.itertuples()
+        ]
+        annotations = []
+        for r in self.annotations.itertuples():
+            ann = {"id": int(r.ann_id), "image_id": int(r.image_id), "category_id": int(r.category_id),
+                   "bbox": [float(r.x), float(r.y), float(r.w), float(r.h)], "area": float(r.area),
+                   "iscrowd": int(r.iscrowd)}
+            if r.segmentation is not None:
+                ann["segmentation"] = r.segmentation
+            annotations.append(ann)
+        categories = [{"id": int(r.category_id), "name": str(r.name)} for r in self.categories.itertuples()]
+        return {"info": {"image_root": str(self.image_root)}, "images": images, "annotations": annotations,
+                "categories": categories}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with Path(path).open("w") as fh:
+            json.dump(self.to_coco(), fh)
+
+
+def from_coco(coco: dict[str, Any], image_root: str | Path) -> CanonicalDataset:
+    """Canonical tables from a COCO instances dict (missing optional keys get COCO defaults)."""
+    images = pd.DataFrame(
+        [{"image_id": im.get("id"), "file_name": im.get("file_name"), "width": im.get("width"),
+          "height": im.get("height"), "split": im.get("split")} for im in coco.get("images", [])],
+        columns=IMAGE_COLUMNS,
+    )
+    rows = []
+    for ann in coco.get("annotations", []):
+        bbox = ann.get("bbox") or [None] * 4
+        x, y, w, h = (list(bbox) + [None] * 4)[:4]
+        area = ann.get("area")
+        rows.append({"ann_id": ann.get("id"), "image_id": ann.get("image_id"), "category_id": ann.get("category_id"),
+                     "x": x, "y": y, "w": w, "h": h,
+                     "area": area if area is not None else (w or 0) * (h or 0),
+                     "iscrowd": int(ann.get("iscrowd", 0)), "segmentation": ann.get("segmentation")})
+    annotations = pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
+    for col in ("x", "y", "w", "h", "area"):
+        annotations[col] = pd.to_numeric(annotations[col], errors="coerce").astype(float)
+    categories = pd.DataFrame([{"category_id": c.get("id"), "name": c.get("name")} for c in coco.get("categories", [])],
+                              columns=CATEGORY_COLUMNS)
+    return CanonicalDataset(images, annotations, categories, Path(image_root))
+
+
+def load_coco(path: str | Path, image_root: str | Path | None = None) -> CanonicalDataset:
+    """Read a COCO JSON file; ``image_root`` defaults to ``info.image_root`` or the file's folder."""
+    path = Path(path)
+    with path.open() as fh:
+        coco = json.load(fh)
+    root = image_root or coco.get("info", {}).get("image_root") or path.parent
+    return from_coco(coco, root)

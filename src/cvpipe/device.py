@@ -1,0 +1,67 @@
+"""One device/AMP helper for train, evaluate and export: CUDA when present, AMP and channels_last there."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from cvpipe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where tensors live and how they are computed."""
+
+    device: torch.device
+    amp: bool  # autocast to float16 (CUDA only)
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last and batch.ndim == 4 else batch
+
+
+def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int = 0) -> Runtime:
+    """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'; AMP and channels_last only ever apply on CUDA."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"params.yaml: runtime.device={device!r} but no CUDA device is visible")
+    on_cuda = dev.type == "cuda"
+    return Runtime(device=dev, amp=amp and on_cuda, channels_last=on_cuda)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; on CPU the same seed then gives the same metrics."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Inference mode without gradients; restores the training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,1 @@
+"""Task metrics as pure functions: classification, detection (pycocotools), segmentation."""

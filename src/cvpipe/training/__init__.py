@@ -1,0 +1,1 @@
+"""Training loops over prepared arrays: checkpoint every epoch, resume, per-epoch metrics."""

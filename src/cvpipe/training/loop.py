@@ -1,0 +1,94 @@
+"""The generic epoch loop: every model's ``train`` stage runs through :func:`fit`.
+
+Per epoch: seed the RNGs with ``seed + epoch`` (so a resumed run sees the same batches and
+augmentations as an uninterrupted one), run the train batches with AMP where the runtime allows,
+evaluate on validation, report metrics, save a checkpoint. The task supplies ``loss_fn`` (batch →
+dict of named loss terms plus 'loss') and ``evaluate`` (model → dict of validation metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cvpipe.device import Runtime, seed_everything
+from cvpipe.training.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any], dict[str, torch.Tensor]]
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: list[dict[str, float]]
+    resumed_from_epoch: int  # 0 when training started fresh
+
+
+def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Iterable[Any]],
+        loss_fn: LossFn, evaluate: Callable[[nn.Module], dict[str, float]],
+        optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        epochs: int, seed: int, checkpoint_path: str | Path, fingerprint: str,
+        on_epoch_end: EpochCallback | None = None, grad_clip: float | None = None) -> FitResult:
+    """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` when it matches."""
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    state = load_checkpoint(checkpoint_path, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start_epoch = state["history"], state["epoch"]
+        log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
+    for epoch in range(start_epoch + 1, epochs + 1):
+        seed_everything(seed + epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        started = time.perf_counter()
+        bar = tqdm(make_batches(epoch), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
+        for batch in bar:
+            with runtime.autocast():
+                terms = loss_fn(model, batch)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+        seconds = time.perf_counter() - started
+        record = {"epoch": float(epoch), **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+                  **{f"val_{k}": v for k, v in evaluate(model).items()},
+                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
+        history.append(record)
+        log.info("epoch %d/%d: %s", epoch, epochs,
+                 ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "fingerprint": fingerprint,
+        })
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    return FitResult(history=history, resumed_from_epoch=start_epoch)

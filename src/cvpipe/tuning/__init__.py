@@ -1,0 +1,1 @@
+"""Operating points chosen on the validation split, reported on test."""

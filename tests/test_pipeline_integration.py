@@ -1,0 +1,125 @@
+"""The real `dvc repro` on tiny params in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A git copy of the tracked files with tiny params, after one full `dvc repro`."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["shapes"].update(num_images=40, image_size=64, max_objects=4, min_object_size=12,
+                                    max_object_size=28)
+    params["prepare"].update(image_size=64, crop_size=32)
+    params["models"]["classifier"].update(epochs=1, width=8, stem_stride=2)
+    params["export"].update(latency_runs=2, parity_images=16)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    git = ["git", "-c", "user.email=ci@cvpipe", "-c", "user.name=ci"]
+    _run(["git", "init", "-q"], repo, env)
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-qm", "tiny"], repo, env)
+    _run(["dvc", "repro"], repo, env)
+    return repo, env
+
+
+def test_repro_writes_every_output(pipeline_repo):
+    repo, _ = pipeline_repo
+    for path in ["data/validated/dataset.json", "reports/validation.json", "data/prepared/meta.json",
+                 "models/classifier/model.pt", "models/classifier/model.onnx", "models/classifier/thresholds.json",
+                 "reports/classifier/confusion.png", "reports/classifier/samples.png",
+                 "reports/classifier/training.csv", "reports/classifier/tune_curve.png"]:
+        assert (repo / path).is_file(), path
+    metrics = json.loads((repo / "reports/classifier/metrics.json").read_text())
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+    export = json.loads((repo / "reports/classifier/export.json").read_text())
+    assert export["max_abs_diff"] < 1e-3 and export["top1_agreement"] == 1.0
+
+
+def test_mlflow_holds_one_run_with_the_whole_story(pipeline_repo):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = pipeline_repo
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cvpipe")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    assert run.data.tags["git_commit"] == head
+    assert run.data.tags["data_hash"] == meta["data_hash"]
+    assert run.data.tags["model"] == "classifier" and run.data.tags["task"] == "classification"
+    assert run.data.params["model.lr"] == "0.003"
+    for key in ("train_loss", "val_top1", "test_top1", "test_top5", "reject_threshold", "export_onnx_latency_ms_p50"):
+        assert key in run.data.metrics, key
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 1  # one point per epoch
+    artifacts = {a.path for d in ("train", "evaluate", "tune", "export")
+                 for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"train/model.pt", "evaluate/confusion.png", "evaluate/samples.png", "export/model.onnx"} <= artifacts
+    version = client.get_model_version_by_alias("cvpipe-classifier", "challenger")
+    assert version.run_id == run.info.run_id
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    assert mlflow.onnx.load_model("models:/cvpipe-classifier@challenger").graph.input[0].name == "images"
+
+
+def test_second_repro_runs_nothing_and_params_change_touches_only_that_model(pipeline_repo):
+    repo, env = pipeline_repo
+    started = time.perf_counter()
+    out = _run(["dvc", "repro"], repo, env).stdout
+    assert "Running stage" not in out, out
+    print(f"no-op dvc repro: {time.perf_counter() - started:.2f}s")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["models"]["classifier"]["lr"] = 0.001
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_run(["dvc", "status", "--json"], repo, env).stdout)
+    assert set(status) == {"train@classifier", "evaluate@classifier", "tune@classifier", "export@classifier"}
+
+
+def test_a_planted_label_fault_stops_the_pipeline_with_a_clear_message(pipeline_repo, tmp_path):
+    repo, env = pipeline_repo
+    coco = json.loads((repo / "data/raw/shapes/annotations.json").read_text())
+    coco["annotations"][0]["bbox"][2] = -5
+    bad = tmp_path / "bad"
+    shutil.copytree(repo / "data/raw/shapes/images", bad / "images")
+    (bad / "annotations.json").write_text(json.dumps(coco))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(source="coco", path=str(bad))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "stages/validate.py", "--params", str(tmp_path / "params.yaml"),
+                             "--out", str(tmp_path / "ds.json"), "--report", str(tmp_path / "report.json")],
+                            cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "rule 'box width positive'" in result.stderr and "scene_00000.png" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ds.json").exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert not report["success"]
