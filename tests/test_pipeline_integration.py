@@ -36,7 +36,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     params["data"]["shapes"].update(num_images=40, image_size=64, max_objects=4, min_object_size=12,
                                     max_object_size=28)
     params["prepare"].update(image_size=64, crop_size=32)
-    params["models"]["classifier"].update(epochs=1, width=8, stem_stride=2)
+    params["models"]["classifier"]["train"].update(epochs=1, width=8)
     params["export"].update(latency_runs=2, parity_images=16)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -78,7 +78,7 @@ def test_mlflow_holds_one_run_with_the_whole_story(pipeline_repo):
     assert run.data.tags["git_commit"] == head
     assert run.data.tags["data_hash"] == meta["data_hash"]
     assert run.data.tags["model"] == "classifier" and run.data.tags["task"] == "classification"
-    assert run.data.params["model.lr"] == "0.003"
+    assert run.data.params["model.train.lr"] == "0.003"
     for key in ("train_loss", "val_top1", "test_top1", "test_top5", "reject_threshold", "export_onnx_latency_ms_p50"):
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 1  # one point per epoch
@@ -97,11 +97,25 @@ def test_second_repro_runs_nothing_and_params_change_touches_only_that_model(pip
     out = _run(["dvc", "repro"], repo, env).stdout
     assert "Running stage" not in out, out
     print(f"no-op dvc repro: {time.perf_counter() - started:.2f}s")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["models"]["classifier"]["lr"] = 0.001
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = json.loads(_run(["dvc", "status", "--json"], repo, env).stdout)
-    assert set(status) == {"train@classifier", "evaluate@classifier", "tune@classifier", "export@classifier"}
+    original = (repo / "params.yaml").read_text()
+
+    def changed_stages(section: str, key: str, value: object) -> set[str]:
+        """Stages whose own deps/params changed (DVC re-runs their descendants too)."""
+        params = yaml.safe_load(original)
+        node = params
+        for part in section.split("."):
+            node = node[part]
+        node[key] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        try:
+            return set(json.loads(_run(["dvc", "status", "--json"], repo, env).stdout))
+        finally:
+            (repo / "params.yaml").write_text(original)
+
+    assert changed_stages("models.classifier.train", "lr", 0.001) == {"train@classifier"}
+    assert changed_stages("models.classifier.tune", "target_precision", 0.9) == {"tune@classifier"}
+    assert changed_stages("data.shapes", "clutter", 2) == {"generate"}
+    assert changed_stages("prepare", "crop_context", 1.5) == {"prepare"}
 
 
 def test_a_planted_label_fault_stops_the_pipeline_with_a_clear_message(pipeline_repo, tmp_path):

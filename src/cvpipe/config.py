@@ -137,14 +137,13 @@ class ClassifierExportConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """models.<name> for task 'classification'."""
+    """models.<name> for task 'classification': ``train`` keys are fields, ``tune`` and ``export`` nested."""
 
-    task: str = "classification"
     arch: str = "small_resnet"
     width: int = 32  # channels of the first stage; doubled at every later stage
     blocks_per_stage: int = 1
     stem_stride: int = 2  # 1 keeps full crop resolution in the first stage (4× its compute)
-    epochs: int = 8
+    epochs: int = 25
     batch_size: int = 64
     lr: float = 0.003  # peak learning rate of AdamW under a one-cycle schedule
     weight_decay: float = 0.0005
@@ -156,9 +155,14 @@ class ClassifierConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any], model: str) -> "ClassifierConfig":
         section = model_section(params, model)
-        tune = from_section(ClassifierTuneConfig, section.pop("tune", None), f"models.{model}.tune")
-        export = from_section(ClassifierExportConfig, section.pop("export", None), f"models.{model}.export")
-        return dataclasses.replace(from_section(cls, section, f"models.{model}"), tune=tune, export=export)
+        unknown = sorted(set(section) - {"task", "train", "tune", "export"})
+        if unknown:
+            raise ConfigError(f"params.yaml: models.{model} has unknown key(s) {unknown}; "
+                              "expected task, train, tune, export")
+        tune = from_section(ClassifierTuneConfig, section.get("tune"), f"models.{model}.tune")
+        export = from_section(ClassifierExportConfig, section.get("export"), f"models.{model}.export")
+        return dataclasses.replace(from_section(cls, section.get("train"), f"models.{model}.train"),
+                                   tune=tune, export=export)
 
 
 def model_task(params: dict[str, Any], model: str) -> str:
