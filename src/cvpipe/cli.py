@@ -1,0 +1,97 @@
+"""The ``cvpipe`` command.
+
+``cvpipe coco-eval GT.json PREDICTIONS.json [--iou-type bbox|segm] [--json OUT]`` scores a COCO results
+file against COCO ground truth with :func:`cvpipe.metrics.detection.coco_evaluate` (the code path of the
+evaluate stage), prints pycocotools' twelve summary lines and a per-class AP table, and with ``--json``
+writes the same numbers as JSON. Faults in the user's files end with a one-line message naming the file
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cvpipe.metrics.detection import IOU_TYPES, check_gt, check_predictions, coco_evaluate
+
+EXIT_USER_ERROR = 2  # the same status argparse uses for a bad command line
+
+
+class UserError(Exception):
+    """A fault in a file the user passed; the message names the file."""
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} file {path} is not valid JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} file {path} cannot be read: {exc}") from None
+
+
+def format_per_class(per_class: list[dict[str, Any]]) -> str:
+    """Fixed-width table: class, category id, AP@[.50:.95], AP@.50 (-1: no ground truth of that class)."""
+    width = max([len("class")] + [len(str(row["class"])) for row in per_class])
+    lines = [f"{'class':<{width}}  {'cat_id':>6}  {'AP50:95':>7}  {'AP50':>7}"]
+    for row in per_class:
+        lines.append(f"{row['class']:<{width}}  {row['category_id']:>6}  {row['ap50_95']:>7.3f}  {row['ap50']:>7.3f}")
+    return "\n".join(lines)
+
+
+def _coco_eval(args: argparse.Namespace) -> int:
+    gt = _load_json(args.gt, "ground-truth")
+    predictions = _load_json(args.predictions, "predictions")
+    try:
+        check_gt(gt, args.iou_type)
+    except ValueError as exc:
+        raise UserError(f"ground-truth file {args.gt}: {exc}") from None
+    try:
+        check_predictions(predictions, gt, args.iou_type)
+    except ValueError as exc:
+        raise UserError(f"predictions file {args.predictions}: {exc}") from None
+    result = coco_evaluate(gt, predictions, iou_type=args.iou_type)
+    sys.stdout.write(result["summary"])
+    sys.stdout.write("\n" + format_per_class(result["per_class"]) + "\n")
+    if args.json is not None:
+        out = {"iou_type": args.iou_type, **{k: v for k, v in result.items() if k != "summary"}}
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write JSON output {args.json}: {exc}") from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvpipe", description="cvpipe command-line tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    coco = sub.add_parser("coco-eval", help="COCO mAP/mAR of a results file against COCO ground truth")
+    coco.add_argument("gt", type=Path, help="COCO instances JSON (images, annotations, categories)")
+    coco.add_argument("predictions", type=Path, help="COCO results JSON: list of {image_id, category_id, "
+                                                     "bbox [x,y,w,h], score[, segmentation RLE]}")
+    coco.add_argument("--iou-type", choices=IOU_TYPES, default="bbox", help="box or mask IoU (default: bbox)")
+    coco.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the metrics as JSON")
+    coco.set_defaults(func=_coco_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cvpipe`` script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        sys.stderr.write(f"cvpipe {args.command}: error: {exc}\n")
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

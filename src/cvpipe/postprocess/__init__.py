@@ -1,0 +1,1 @@
+"""Turning dense model outputs into final predictions: score filter, NMS, caps, mask cleaning."""
