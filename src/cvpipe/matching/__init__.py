@@ -1,0 +1,1 @@
+"""Anchors/default boxes, IoU assignment, Hungarian matcher."""
