@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stage commands in dvc.yaml call `python`; this makes it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv pipeline test test-fast ui clean
+.PHONY: venv pipeline test test-fast bench ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: venv
+	$(BIN)/python benchmarks/bench.py
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

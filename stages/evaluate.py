@@ -26,7 +26,7 @@ def main() -> None:
     rt_config = from_section(RuntimeConfig, params.get("runtime"), "runtime")
     runtime = resolve_runtime(rt_config.device, amp=rt_config.amp, num_threads=rt_config.num_threads)
     latency_runs = from_section(ExportConfig, params.get("export"), "export").latency_runs
-    outcome = runner.evaluate(prepared=args.prepared, model_dir=args.model_dir, report_dir=args.report_dir,
+    outcome = runner.evaluate(runner.load_config(params, args.model), prepared=args.prepared, model_dir=args.model_dir, report_dir=args.report_dir,
                               runtime=runtime, latency_runs=latency_runs)
     with tracking.resume_run(tracking.read_run_id(args.model_dir / "run.json")):
         tracking.log_outcome(outcome.metrics, outcome.artifacts, "evaluate")

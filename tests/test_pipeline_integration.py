@@ -37,6 +37,8 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
                                     max_object_size=28)
     params["prepare"].update(image_size=64, crop_size=32)
     params["models"]["classifier"]["train"].update(epochs=1, width=8)
+    for name in params["pipeline"]["models"]:
+        params["models"][name]["train"]["epochs"] = 1
     params["export"].update(latency_runs=2, parity_images=16)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -53,8 +55,8 @@ def test_repro_writes_every_output(pipeline_repo):
     repo, _ = pipeline_repo
     for path in ["data/validated/dataset.json", "reports/validation.json", "data/prepared/meta.json",
                  "models/classifier/model.pt", "models/classifier/model.onnx", "models/classifier/thresholds.json",
-                 "reports/classifier/confusion.png", "reports/classifier/samples.png",
-                 "reports/classifier/training.csv", "reports/classifier/tune_curve.png"]:
+                 "reports/classifier/evaluate/confusion.png", "reports/classifier/evaluate/samples.png",
+                 "reports/classifier/training.csv", "reports/classifier/tune/tune_curve.png"]:
         assert (repo / path).is_file(), path
     metrics = json.loads((repo / "reports/classifier/metrics.json").read_text())
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
@@ -70,9 +72,10 @@ def test_mlflow_holds_one_run_with_the_whole_story(pipeline_repo):
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cvpipe")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    run = runs[0]
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    models = yaml.safe_load((repo / "params.yaml").read_text())["pipeline"]["models"]
+    assert sorted(runs) == sorted(models)  # one run per model per pipeline execution
+    run = runs["classifier"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert run.data.tags["git_commit"] == head
@@ -89,6 +92,20 @@ def test_mlflow_holds_one_run_with_the_whole_story(pipeline_repo):
     assert version.run_id == run.info.run_id
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     assert mlflow.onnx.load_model("models:/cvpipe-classifier@challenger").graph.input[0].name == "images"
+
+
+def test_every_model_gets_its_task_metrics_and_a_passing_parity_gate(pipeline_repo):
+    repo, _ = pipeline_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    expected = {"classification": {"top1", "top5"}, "detection": {"map50", "map50_95", "map75", "ar100"},
+                "segmentation": {"miou", "dice", "pixel_accuracy"}}
+    for name in params["pipeline"]["models"]:
+        task = params["models"][name]["task"]
+        metrics = json.loads((repo / "reports" / name / "metrics.json").read_text())
+        assert expected[task] <= set(metrics), name
+        assert (repo / "models" / name / "model.onnx").is_file()
+        assert json.loads((repo / "reports" / name / "tune.json").read_text())
+        assert json.loads((repo / "models" / name / "registry.json").read_text())["alias"] == "challenger"
 
 
 def test_second_repro_runs_nothing_and_params_change_touches_only_that_model(pipeline_repo):

@@ -123,6 +123,21 @@ def model_section(params: dict[str, Any], model: str) -> dict[str, Any]:
         raise ConfigError(f"params.yaml: models.{model} is not defined; defined: {sorted(models)}")
     return dict(models[model])
 
+def model_sections(params: dict[str, Any], model: str, train_cls: type, tune_cls: type,
+                   export_cls: type) -> tuple[Any, Any, Any]:
+    """models.<model>.{train, tune, export} as typed configs; lists become tuples (frozen, hashable)."""
+    section = model_section(params, model)
+    unknown = sorted(set(section) - {"task", "train", "tune", "export"})
+    if unknown:
+        raise ConfigError(f"params.yaml: models.{model} has unknown key(s) {unknown}; expected task, train, tune, export")
+
+    def typed(cls: type, name: str) -> Any:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in (section.get(name) or {}).items()}
+        return from_section(cls, values, f"models.{model}.{name}")
+
+    return typed(train_cls, "train"), typed(tune_cls, "tune"), typed(export_cls, "export")
+
+
 
 @dataclass(frozen=True)
 class ClassifierTuneConfig:
@@ -154,17 +169,109 @@ class ClassifierConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], model: str) -> "ClassifierConfig":
-        section = model_section(params, model)
-        unknown = sorted(set(section) - {"task", "train", "tune", "export"})
-        if unknown:
-            raise ConfigError(f"params.yaml: models.{model} has unknown key(s) {unknown}; "
-                              "expected task, train, tune, export")
-        tune = from_section(ClassifierTuneConfig, section.get("tune"), f"models.{model}.tune")
-        export = from_section(ClassifierExportConfig, section.get("export"), f"models.{model}.export")
-        return dataclasses.replace(from_section(cls, section.get("train"), f"models.{model}.train"),
-                                   tune=tune, export=export)
+        train, tune, export = model_sections(params, model, cls, ClassifierTuneConfig, ClassifierExportConfig)
+        return dataclasses.replace(train, tune=tune, export=export)
 
 
 def model_task(params: dict[str, Any], model: str) -> str:
     """The task ('classification', ...) a configured model solves."""
     return str(model_section(params, model).get("task", ""))
+
+
+@dataclass(frozen=True)
+class DetectorTrainConfig:
+    """models.<name>.train for task 'detection'. ``model``/``loss`` are the keyword arguments of the
+    architecture's builder and criterion; :func:`checked_kwargs` rejects names they do not take."""
+
+    arch: str = "yolo"  # yolo | ssd | detr
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.002
+    weight_decay: float = 0.0005
+    grad_clip: float | None = None  # max gradient norm (DETR uses 0.1)
+    nms_iou: float | None = 0.5  # NMS IoU for the COCO-protocol evaluation; null for DETR
+    pretrained: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DetectorTuneConfig:
+    objective: str = "f1"  # f1 | recall_at_precision
+    target_precision: float = 0.9  # for recall_at_precision
+    score_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    nms_iou_thresholds: tuple[float, ...] = (0.3, 0.45, 0.6, 0.75)  # ignored for detectors without NMS
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("f1", "recall_at_precision"):
+            raise ConfigError(f"params.yaml: tune.objective must be 'f1' or 'recall_at_precision', got {self.objective!r}")
+
+
+@dataclass(frozen=True)
+class DetectorExportConfig:
+    box_atol: float = 0.05  # px, largest allowed box difference between PyTorch and ONNX detections
+    score_atol: float = 0.001
+    map_tolerance: float = 0.005  # largest allowed |mAP(onnx) - mAP(torch)| on the test split
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    train: DetectorTrainConfig
+    tune: DetectorTuneConfig
+    export: DetectorExportConfig
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], model: str) -> "DetectorConfig":
+        return cls(*model_sections(params, model, DetectorTrainConfig, DetectorTuneConfig, DetectorExportConfig))
+
+
+def checked_kwargs(function: Any, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """``kwargs`` if ``function`` accepts every name in it, else a ConfigError naming the strays."""
+    import inspect
+
+    accepted = set(inspect.signature(function).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"params.yaml: {where} has unknown key(s) {unknown}; "
+                          f"{function.__name__} accepts {sorted(accepted)}")
+    return dict(kwargs)
+
+
+@dataclass(frozen=True)
+class SegmenterTrainConfig:
+    """models.<name>.train for task 'segmentation' (semantic). ``model``/``loss``: builder/criterion kwargs."""
+
+    arch: str = "unet"
+    binary: bool = False  # one foreground class (sigmoid + threshold) instead of K classes (softmax)
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 0.005
+    weight_decay: float = 0.0001
+    pretrained: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SegmenterTuneConfig:
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # foreground probability (binary mode)
+    min_areas: tuple[int, ...] = (0, 4, 8, 16, 32, 64)  # px, smaller connected components are removed
+    fill_holes: bool = False
+
+
+@dataclass(frozen=True)
+class SegmenterExportConfig:
+    logits_atol: float = 0.001
+    min_mask_iou: float = 0.99  # IoU between PyTorch and ONNX label maps on test images
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    train: SegmenterTrainConfig
+    tune: SegmenterTuneConfig
+    export: SegmenterExportConfig
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], model: str) -> "SegmenterConfig":
+        return cls(*model_sections(params, model, SegmenterTrainConfig, SegmenterTuneConfig, SegmenterExportConfig))

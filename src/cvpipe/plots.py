@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; stages run headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def save_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], path: str | Path,
@@ -67,4 +70,87 @@ def save_curve(x: np.ndarray, ys: dict[str, np.ndarray], path: str | Path, *, xl
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_detection_overlays(images: np.ndarray, ground_truth: Sequence[dict], predictions: Sequence[dict],
+                            class_names: Sequence[str], path: str | Path, columns: int = 4) -> None:
+    """Ground truth (white dashed) under predictions (coloured by class, with class and score).
+
+    images uint8 [N, H, W, 3]; each ground-truth/prediction dict holds numpy "boxes" [D, 4] xyxy abs px and
+    "labels" [D] (0-based); predictions also "scores" [D].
+    """
+    from matplotlib.patches import Rectangle
+
+    colours = plt.get_cmap("tab10")
+    n = len(images)
+    rows = max(1, int(np.ceil(n / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 3, rows * 3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.ravel()[i]
+        ax.imshow(images[i])
+        for (x0, y0, x1, y1) in np.asarray(ground_truth[i]["boxes"]).reshape(-1, 4):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linestyle="--", lw=1))
+        pred = predictions[i]
+        for box, label, score in zip(np.asarray(pred["boxes"]).reshape(-1, 4), pred["labels"], pred["scores"]):
+            x0, y0, x1, y1 = box
+            colour = colours(int(label) % 10)
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, lw=1.5))
+            ax.text(x0, y0 - 1, f"{class_names[int(label)]} {float(score):.2f}", color="white", fontsize=6,
+                    bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
+    fig.suptitle("predictions (colour) vs ground truth (white dashed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_grid_curves(grid: "pd.DataFrame", path: str | Path, *, x: str, y: str, series: str,
+                     chosen: tuple[float, object], xlabel: str, ylabel: str, title: str) -> None:
+    """One curve of ``y`` over ``x`` per value of ``series`` (e.g. F1 over score threshold per NMS IoU);
+    the chosen (x, series) cell is starred."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    keys = grid[series].map(str)  # None (no NMS / argmax) becomes the label "None", not a dropped NaN
+    for value, part in grid.groupby(keys, sort=True):
+        part = part.sort_values(x)
+        ax.plot(part[x], part[y], marker="o", ms=3, label=f"{series} {value}")
+    best = grid[(grid[x] == chosen[0]) & (keys == str(chosen[1]))][y]
+    if len(best):
+        ax.plot([chosen[0]], [best.max()], "k*", ms=12, label="chosen")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_segmentation_overlays(images: np.ndarray, targets: np.ndarray, predictions: np.ndarray,
+                               class_names: Sequence[str], path: str | Path) -> None:
+    """Rows of image | ground truth | prediction; label maps [N, H, W] (0 background, 255 ignore) coloured by class."""
+    colours = np.array([plt.get_cmap("tab10")(i % 10)[:3] for i in range(len(class_names) + 1)])
+    colours[0] = 0.0
+
+    def paint(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        out = image.astype(float) / 255.0
+        fg = (labels > 0) & (labels != 255)
+        out[fg] = 0.4 * out[fg] + 0.6 * colours[np.clip(labels[fg], 0, len(class_names))]
+        out[labels == 255] = 0.5
+        return out
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for i in range(n):
+        for j, (title, panel) in enumerate((("image", images[i] / 255.0), ("ground truth", paint(images[i], targets[i])),
+                                            ("prediction", paint(images[i], predictions[i])))):
+            axes[i, j].imshow(panel)
+            axes[i, j].set_title(title, fontsize=8)
+            axes[i, j].axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[k + 1]) for k in range(len(class_names))]
+    fig.legend(handles, class_names, loc="lower center", ncol=min(6, len(class_names)), fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)

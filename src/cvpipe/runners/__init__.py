@@ -9,13 +9,18 @@ a :class:`StageOutcome` that the stage logs to MLflow. Stages stay generic: they
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from cvpipe.errors import ConfigError
 
-RUNNERS = {"classification": "cvpipe.runners.classification"}
+RUNNERS = {
+    "classification": "cvpipe.runners.classification",
+    "detection": "cvpipe.runners.detection",
+    "segmentation": "cvpipe.runners.segmentation",
+}
 
 
 @dataclass
@@ -25,6 +30,13 @@ class StageOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+
+
+def write_json(path: Path, data: object) -> Path:
+    """Write ``data`` as indented JSON (creating folders); returns the path, for artifact lists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path
 
 
 def runner_for(task: str) -> ModuleType:

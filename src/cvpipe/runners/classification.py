@@ -3,9 +3,9 @@
 Files (``model_dir`` = models/<name>, ``report_dir`` = reports/<name>):
 - train:    model_dir/model.pt (weights + config + class names), model_dir/checkpoints/last.pt,
             report_dir/training.csv (one row per epoch; DVC plot)
-- evaluate: report_dir/metrics.json (top1, top5, latency), per_class.json, confusion.csv (DVC confusion
-            plot), confusion.png, samples.png
-- tune:     model_dir/thresholds.json, report_dir/tune.json, tune_curve.csv, tune_curve.png
+- evaluate: report_dir/metrics.json (top1, top5, latency); in report_dir/evaluate/: per_class.json,
+            confusion.csv (DVC confusion plot), confusion.png, samples.png
+- tune:     model_dir/thresholds.json, report_dir/tune.json; in report_dir/tune/: tune_curve.csv, tune_curve.png
 - export:   model_dir/model.onnx, report_dir/export.json
 """
 
@@ -30,18 +30,12 @@ from cvpipe.errors import ParityError
 from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.plots import save_confusion_matrix, save_curve, save_prediction_grid
-from cvpipe.runners import StageOutcome
+from cvpipe.runners import StageOutcome, write_json
 from cvpipe.tasks.classification import (build_classifier, classification_metrics, latency_ms, predict_probs,
                                          train_classifier)
 from cvpipe.tuning.reject_threshold import accepted_precision, choose_reject_threshold
 
 log = logging.getLogger(__name__)
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
-    return path
 
 
 def load_config(params: dict[str, Any], model: str) -> ClassifierConfig:
@@ -81,7 +75,7 @@ def train(config: ClassifierConfig, *, prepared: Path, model_dir: Path, report_d
                         artifacts=[model_dir / "model.pt", log_path])
 
 
-def evaluate(*, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime,
+def evaluate(config: ClassifierConfig, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime,
              latency_runs: int) -> StageOutcome:
     model, _, meta = load_trained(model_dir)
     model = runtime.prepare_model(model)
@@ -94,19 +88,19 @@ def evaluate(*, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runt
     lat = latency_ms(model, to_model_input(crops[:1]), runtime, latency_runs)
     metrics = {"top1": scores["top1"], "top5": scores["top5"], "latency_ms_p50": lat["p50"],
                "latency_ms_p95": lat["p95"], "samples": int(len(labels))}
-    report_dir.mkdir(parents=True, exist_ok=True)
-    paths = [_write_json(report_dir / "metrics.json", metrics),
-             _write_json(report_dir / "per_class.json", scores["per_class"])]
-    with (report_dir / "confusion.csv").open("w", newline="") as fh:
+    (report_dir / "evaluate").mkdir(parents=True, exist_ok=True)
+    paths = [write_json(report_dir / "metrics.json", metrics),
+             write_json(report_dir / "evaluate" / "per_class.json", scores["per_class"])]
+    with (report_dir / "evaluate" / "confusion.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
         writer.writerows((names[t], names[p]) for t, p in zip(labels, preds))
-    save_confusion_matrix(scores["confusion"], names, report_dir / "confusion.png")
+    save_confusion_matrix(scores["confusion"], names, report_dir / "evaluate" / "confusion.png")
     # Sample grid: wrong predictions first (they are what people look for), then the rest.
     order = np.r_[np.flatnonzero(preds != labels), np.flatnonzero(preds == labels)][:32]
     save_prediction_grid(np.asarray(crops[order]), labels[order], preds[order], probs[order].max(axis=1), names,
-                         report_dir / "samples.png")
-    paths += [report_dir / "confusion.csv", report_dir / "confusion.png", report_dir / "samples.png"]
+                         report_dir / "evaluate" / "samples.png")
+    paths += [report_dir / "evaluate" / "confusion.csv", report_dir / "evaluate" / "confusion.png", report_dir / "evaluate" / "samples.png"]
     return StageOutcome(metrics={f"test_{k}": float(v) for k, v in metrics.items()}, artifacts=paths)
 
 
@@ -119,6 +113,7 @@ def tune(config: ClassifierConfig, *, prepared: Path, model_dir: Path, report_di
     val_labels = np.asarray(load_array(prepared, "val", "crop_labels"))
     test_probs = predict_probs(model, load_array(prepared, "test", "crops"), runtime)
     test_labels = np.asarray(load_array(prepared, "test", "crop_labels"))
+    (report_dir / "tune").mkdir(parents=True, exist_ok=True)
     point = choose_reject_threshold(val_probs, val_labels, config.tune.target_precision)
     if not point.target_met:
         log.warning("no threshold reaches precision %.3f on val; using the most precise one (%.3f)",
@@ -129,15 +124,15 @@ def tune(config: ClassifierConfig, *, prepared: Path, model_dir: Path, report_di
               "val_coverage": point.coverage, "test_precision": test_precision, "test_coverage": test_coverage}
     grid = np.round(np.linspace(0, 1, 101), 4)
     curve = [accepted_precision(val_probs, val_labels, t) for t in grid]
-    curve_path = report_dir / "tune_curve.csv"
+    curve_path = report_dir / "tune" / "tune_curve.csv"
     pd.DataFrame({"threshold": grid, "precision": [c[0] for c in curve],
                   "coverage": [c[1] for c in curve]}).to_csv(curve_path, index=False)
     save_curve(grid, {"precision (val)": np.array([c[0] for c in curve]),
-                      "coverage (val)": np.array([c[1] for c in curve])}, report_dir / "tune_curve.png",
+                      "coverage (val)": np.array([c[1] for c in curve])}, report_dir / "tune" / "tune_curve.png",
                xlabel="reject threshold (max softmax probability)", title="Reject threshold on validation",
                marker_x=point.threshold)
-    paths = [_write_json(model_dir / "thresholds.json", {"reject_threshold": point.threshold}),
-             _write_json(report_dir / "tune.json", result), curve_path, report_dir / "tune_curve.png"]
+    paths = [write_json(model_dir / "thresholds.json", {"reject_threshold": point.threshold}),
+             write_json(report_dir / "tune.json", result), curve_path, report_dir / "tune" / "tune_curve.png"]
     return StageOutcome(metrics={k: float(v) for k, v in result.items()}, artifacts=paths)
 
 
@@ -163,7 +158,7 @@ def export(config: ClassifierConfig, export_config: ExportConfig, *, prepared: P
     result = {"max_abs_diff": max_diff, "top1_agreement": agreement, "parity_images": int(len(crops)),
               "torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
               "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}
-    _write_json(report_dir / "export.json", result)
+    write_json(report_dir / "export.json", result)
     if max_diff > config.export.max_abs_diff or agreement < config.export.min_top1_agreement:
         raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch on {len(crops)} test crops: max |diff| "
                           f"{max_diff:.2e} (allowed {config.export.max_abs_diff:.0e}), top-1 agreement "
