@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-from cvpipe.matching.hungarian import HungarianMatcher, MatchIndices
+from cvpipe.matching.hungarian import HungarianMatcher, MatchIndices, build_matcher
 
 
 def normalise_targets(targets: list[dict[str, torch.Tensor]], image_whwh: torch.Tensor,
@@ -119,6 +119,6 @@ def build_criterion(num_classes: int, *, cost_class: float = 1.0, cost_bbox: flo
                     eos_coef: float = 0.1, weight_ce: float = 1.0, weight_bbox: float = 5.0,
                     weight_giou: float = 2.0) -> SetCriterion:
     """DETR's defaults: matcher costs (1, 5, 2), loss weights (1, 5, 2), eos_coef 0.1."""
-    matcher = HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou)
+    matcher = build_matcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou)
     return SetCriterion(num_classes, matcher, eos_coef=eos_coef, weight_ce=weight_ce, weight_bbox=weight_bbox,
                         weight_giou=weight_giou)
