@@ -1,48 +1,35 @@
 """export@MODEL: ONNX export, parity gate against PyTorch, latency, MLflow registry (alias challenger)."""
 
-import argparse
 import json
 import logging
-from pathlib import Path
 
 from cvpipe import tracking
-from cvpipe.config import ExportConfig, MlflowConfig, from_section, load_params, model_task
-from cvpipe.runners import runner_for
-from cvpipe.stage import run_stage
+from cvpipe.config import ExportConfig, MlflowConfig, from_section
+from cvpipe.stage import model_stage, run_stage
 
 log = logging.getLogger("cvpipe.export")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--prepared", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--report-dir", type=Path, required=True)
-    args = parser.parse_args()
-    params = load_params(args.params)
-    task = model_task(params, args.model)
-    runner = runner_for(task)
-    config = runner.load_config(params, args.model)
-    export_config = from_section(ExportConfig, params.get("export"), "export")
-    ml = from_section(MlflowConfig, params.get("mlflow"), "mlflow")
-    outcome = runner.export(config, export_config, prepared=args.prepared, model_dir=args.model_dir,
-                            report_dir=args.report_dir)
-    run_id = tracking.read_run_id(args.model_dir / "run.json")
-    with tracking.resume_run(run_id) as run:
+    stage = model_stage(__doc__)
+    export_config = from_section(ExportConfig, stage.params.get("export"), "export")
+    ml = from_section(MlflowConfig, stage.params.get("mlflow"), "mlflow")
+    outcome = stage.runner.export(stage.config, export_config, prepared=stage.prepared, model_dir=stage.model_dir,
+                                  report_dir=stage.report_dir)
+    name = f"{ml.registry_prefix}-{stage.model}"
+    with tracking.resume_run(tracking.read_run_id(stage.model_dir / "run.json")) as run:
         tracking.log_outcome(outcome.metrics, outcome.artifacts, "export")
-        test_metrics = json.loads((args.report_dir / "metrics.json").read_text())
+        test_metrics = json.loads((stage.report_dir / "metrics.json").read_text())
         version = tracking.register_onnx_model(
-            args.model_dir / "model.onnx", registered_name=f"{ml.registry_prefix}-{args.model}",
-            input_example=runner.onnx_input_example(args.prepared),
+            stage.model_dir / "model.onnx", registered_name=name,
+            input_example=stage.runner.onnx_input_example(stage.prepared),
             tags={"git_commit": run.data.tags.get("git_commit", "unknown"),
-                  "data_hash": run.data.tags.get("data_hash", "unknown"), "task": task,
+                  "data_hash": run.data.tags.get("data_hash", "unknown"), "task": stage.task,
                   **{f"test_{k}": str(v) for k, v in test_metrics.items()}})
-    (args.model_dir / "registry.json").write_text(json.dumps(
-        {"name": f"{ml.registry_prefix}-{args.model}", "version": version, "alias": "challenger"}, indent=2))
-    log.info("exported %s: %s; registered version %s as challenger", args.model,
-             {k: round(v, 5) for k, v in outcome.metrics.items()}, version)
+    (stage.model_dir / "registry.json").write_text(json.dumps({"name": name, "version": version,
+                                                                "alias": "challenger"}, indent=2))
+    log.info("exported %s: %s; registered %s version %s as challenger", stage.model,
+             {k: round(v, 5) for k, v in outcome.metrics.items()}, name, version)
 
 
 if __name__ == "__main__":

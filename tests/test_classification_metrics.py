@@ -1,5 +1,3 @@
-import itertools
-
 import numpy as np
 
 from cvpipe.metrics.classification import confusion_matrix, per_class_precision_recall, topk_accuracy

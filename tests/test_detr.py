@@ -214,11 +214,16 @@ def test_box_losses_on_hand_computed_pairs_and_weighted_total():
     torch.testing.assert_close(terms["loss"], expected)
 
 
-def test_criterion_rejects_a_label_outside_the_classes():
+@pytest.mark.parametrize(("boxes", "labels", "message"), [
+    ([[0.0, 0.0, 10.0, 10.0]], [K], r"targets\[1\]: labels \[6\] outside 0..5"),
+    ([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 5.0, 9.0]], [0, 1], r"targets\[1\]: box 1 .* non-positive"),
+])
+def test_criterion_rejects_bad_targets_by_index(boxes, labels, message):
     criterion = SetCriterion(K, HungarianMatcher())
-    bad = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([K])}
-    with pytest.raises(ValueError, match=r"targets\[0\]"):
-        criterion(_outputs(torch.zeros(1, 3, K + 1), torch.full((1, 3, 4), 0.5)), [bad])
+    good = {"boxes": torch.tensor([[1.0, 1.0, 8.0, 8.0]]), "labels": torch.tensor([0])}
+    bad = {"boxes": torch.tensor(boxes), "labels": torch.tensor(labels)}
+    with pytest.raises(ValueError, match=message):
+        criterion(_outputs(torch.zeros(2, 3, K + 1), torch.full((2, 3, 4), 0.5)), [good, bad])
 
 
 @pytest.mark.parametrize("queries", ["learned", "anchors", "encoder"])

@@ -34,7 +34,8 @@ from cvpipe.matching.hungarian import HungarianMatcher, MatchIndices, build_matc
 
 def normalise_targets(targets: list[dict[str, torch.Tensor]], image_whwh: torch.Tensor,
                       num_classes: int) -> list[dict[str, torch.Tensor]]:
-    """xyxy absolute pixels → cxcywh in 0..1 (the matcher's and the box losses' frame); checks labels."""
+    """xyxy absolute pixels → cxcywh in 0..1 (the matcher's and the box losses' frame); checks shapes, labels
+    and that every box has positive width and height (GIoU is undefined otherwise)."""
     out = []
     for i, t in enumerate(targets):
         boxes, labels = t["boxes"], t["labels"]
@@ -43,6 +44,10 @@ def normalise_targets(targets: list[dict[str, torch.Tensor]], image_whwh: torch.
                              f"must be [N, 4] and [N]")
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"targets[{i}]: labels {labels.tolist()} outside 0..{num_classes - 1}")
+        degenerate = torch.nonzero((boxes[:, 2:] <= boxes[:, :2]).any(dim=1)).flatten()
+        if len(degenerate):
+            j = int(degenerate[0])
+            raise ValueError(f"targets[{i}]: box {j} {boxes[j].tolist()} has non-positive width or height")
         norm = box_convert(boxes.float(), "xyxy", "cxcywh") / image_whwh.to(boxes.device)
         out.append({"boxes": norm, "labels": labels.long()})
     return out

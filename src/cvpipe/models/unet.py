@@ -8,7 +8,7 @@ Layout (``depth`` = number of 2× downsamplings, ``w`` = ``base_channels``):
     bottleneck         MaxPool 2×2 → DoubleConv(w·2^(depth−1) → w·2^depth)  at H/2^depth
     decoder   level i (i = depth−1..0): ConvTranspose 2×2 stride 2 (c → c/2), pad to skip i's size,
               concat [skip i, up] (c/2 + c/2 channels) → DoubleConv(c → c/2)
-    head      1×1 conv → logits
+    head      1×1 conv → logits (bias initialised at a 0.9 background prior, :data:`BACKGROUND_PRIOR`)
 
 DoubleConv = two (3×3 conv, padding 1 → BatchNorm → ReLU), torchvision ``Conv2dNormActivation``. Unlike the
 paper's unpadded convolutions (output smaller than the input, overlap-tile inference) the convolutions are

@@ -13,8 +13,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from cvpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 RUNNERS = {
     "classification": "cvpipe.runners.classification",
@@ -37,6 +41,25 @@ def write_json(path: Path, data: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def save_trained(model: "torch.nn.Module", history: list[dict[str, float]], *, resumed_from_epoch: int,
+                 model_dir: Path, report_dir: Path, train_config: dict, meta: dict, meta_keys: tuple[str, ...],
+                 final_metric: str) -> StageOutcome:
+    """What every train stage writes: model.pt (CPU weights, the train config, the data facts it needs to be
+    rebuilt) and training.csv (the full history, epochs restored from a checkpoint included; a DVC plot)."""
+    import pandas as pd
+    import torch
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(history).to_csv(report_dir / "training.csv", index=False)
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "train": train_config,
+                "meta": {k: meta[k] for k in meta_keys}}, model_dir / "model.pt")
+    final = history[-1]
+    return StageOutcome(metrics={"final_train_loss": final["train_loss"],
+                                 f"final_{final_metric}": final.get(final_metric, 0.0),
+                                 "resumed_from_epoch": float(resumed_from_epoch)},
+                        artifacts=[model_dir / "model.pt", report_dir / "training.csv"])
 
 
 def runner_for(task: str) -> ModuleType:

@@ -30,7 +30,7 @@ from cvpipe.errors import ParityError
 from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.plots import save_confusion_matrix, save_curve, save_prediction_grid
-from cvpipe.runners import StageOutcome, write_json
+from cvpipe.runners import StageOutcome, save_trained, write_json
 from cvpipe.tasks.classification import (build_classifier, classification_metrics, latency_ms, predict_probs,
                                          train_classifier)
 from cvpipe.tuning.reject_threshold import accepted_precision, choose_reject_threshold
@@ -50,7 +50,7 @@ def onnx_input_example(prepared: Path) -> np.ndarray:
 def load_trained(model_dir: Path) -> tuple[torch.nn.Module, ClassifierConfig, dict[str, Any]]:
     """The trained classifier saved by :func:`train` (random init, then its weights)."""
     saved = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    config = ClassifierConfig(**{k: v for k, v in saved["config"].items() if k not in ("tune", "export")})
+    config = ClassifierConfig(**{k: v for k, v in saved["train"].items() if k not in ("tune", "export")})
     model = build_classifier(dataclasses.replace(config, pretrained=None), saved["meta"])
     model.load_state_dict(saved["state_dict"])
     return model.eval(), config, saved["meta"]
@@ -59,20 +59,12 @@ def load_trained(model_dir: Path) -> tuple[torch.nn.Module, ClassifierConfig, di
 def train(config: ClassifierConfig, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime,
           seed: int, on_epoch_end: Callable[[int, dict[str, float]], None]) -> StageOutcome:
     meta = load_meta(prepared)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    log_path = report_dir / "training.csv"
     model, result = train_classifier(config, prepared_dir=prepared, meta=meta, runtime=runtime, seed=seed,
                                      checkpoint_path=model_dir / "checkpoints" / "last.pt",
                                      on_epoch_end=on_epoch_end)
-    # The full history (also epochs restored from a checkpoint) is the DVC plot file.
-    pd.DataFrame(result.history).to_csv(log_path, index=False)
-    keep = {k: meta[k] for k in ("class_names", "mean", "std", "crop_size", "data_hash")}
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "config": dataclasses.asdict(config), "meta": keep}, model_dir / "model.pt")
-    final = result.history[-1]
-    return StageOutcome(metrics={"final_train_loss": final["train_loss"], "final_val_top1": final.get("val_top1", 0.0),
-                                 "resumed_from_epoch": float(result.resumed_from_epoch)},
-                        artifacts=[model_dir / "model.pt", log_path])
+    return save_trained(model, result.history, resumed_from_epoch=result.resumed_from_epoch, model_dir=model_dir,
+                        report_dir=report_dir, train_config=dataclasses.asdict(config), meta=meta,
+                        meta_keys=("class_names", "mean", "std", "crop_size", "data_hash"), final_metric="val_top1")
 
 
 def evaluate(config: ClassifierConfig, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime,

@@ -33,7 +33,7 @@ from cvpipe.models.detector import DecodedDetector
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.registry import build_criterion, build_detector
 from cvpipe.plots import save_curve, save_detection_overlays, save_grid_curves
-from cvpipe.runners import StageOutcome, write_json
+from cvpipe.runners import StageOutcome, save_trained, write_json
 from cvpipe.tasks.classification import latency_ms
 from cvpipe.tasks.detection import (COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores, load_ground_truth,
                                     predict_dense, select, split_targets, train_detector)
@@ -76,18 +76,13 @@ def train(config: DetectorConfig, *, prepared: Path, model_dir: Path, report_dir
                             grad_clip=cfg.grad_clip, nms_iou=_nms(model, cfg.nms_iou),
                             checkpoint_path=model_dir / "checkpoints" / "last.pt",
                             fingerprint=make_fingerprint(cfg, meta["data_hash"], seed), on_epoch_end=on_epoch_end)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(result.history).to_csv(report_dir / "training.csv", index=False)
-    keep = {k: meta[k] for k in ("class_names", "mean", "std", "image_size", "data_hash")}
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "train": dataclasses.asdict(cfg), "meta": keep}, model_dir / "model.pt")
-    final = result.history[-1]
-    return StageOutcome(metrics={"final_train_loss": final["train_loss"], "final_val_map50": final.get("val_map50", 0.0),
-                                 "resumed_from_epoch": float(result.resumed_from_epoch)},
-                        artifacts=[model_dir / "model.pt", report_dir / "training.csv"])
+    return save_trained(model, result.history, resumed_from_epoch=result.resumed_from_epoch, model_dir=model_dir,
+                        report_dir=report_dir, train_config=dataclasses.asdict(cfg), meta=meta,
+                        meta_keys=("class_names", "mean", "std", "image_size", "data_hash"), final_metric="val_map50")
 
 
-def evaluate(config: DetectorConfig, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime, latency_runs: int) -> StageOutcome:
+def evaluate(config: DetectorConfig, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime,
+             latency_runs: int) -> StageOutcome:
     """COCO protocol on test: score ≥ 0.001, NMS at the training IoU, 100 detections per image."""
     model, train_cfg, meta = load_trained(model_dir)
     model = runtime.prepare_model(model)

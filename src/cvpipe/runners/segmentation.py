@@ -30,7 +30,7 @@ from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.weights import load_pretrained
 from cvpipe.plots import save_grid_curves, save_segmentation_overlays
-from cvpipe.runners import StageOutcome, write_json
+from cvpipe.runners import StageOutcome, save_trained, write_json
 from cvpipe.tasks.classification import latency_ms
 from cvpipe.tasks.segmentation import (labels_from_probabilities, predict_probabilities, score_labels, split_targets,
                                        train_segmenter)
@@ -84,15 +84,9 @@ def train(config: SegmenterConfig, *, prepared: Path, model_dir: Path, report_di
                              batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, binary=cfg.binary,
                              class_names=names, checkpoint_path=model_dir / "checkpoints" / "last.pt",
                              fingerprint=make_fingerprint(cfg, meta["data_hash"], seed), on_epoch_end=on_epoch_end)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(result.history).to_csv(report_dir / "training.csv", index=False)
-    keep = {k: meta[k] for k in ("class_names", "mean", "std", "image_size", "data_hash")}
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "train": dataclasses.asdict(cfg), "meta": keep}, model_dir / "model.pt")
-    final = result.history[-1]
-    return StageOutcome(metrics={"final_train_loss": final["train_loss"], "final_val_miou": final.get("val_miou", 0.0),
-                                 "resumed_from_epoch": float(result.resumed_from_epoch)},
-                        artifacts=[model_dir / "model.pt", report_dir / "training.csv"])
+    return save_trained(model, result.history, resumed_from_epoch=result.resumed_from_epoch, model_dir=model_dir,
+                        report_dir=report_dir, train_config=dataclasses.asdict(cfg), meta=meta,
+                        meta_keys=("class_names", "mean", "std", "image_size", "data_hash"), final_metric="val_miou")
 
 
 def evaluate(config: SegmenterConfig, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime,
