@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stage commands in dvc.yaml call `python`; this makes it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv pipeline test test-fast bench ui clean
+.PHONY: venv pipeline pipeline-gpu test test-fast bench ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(VENV)/.installed
 
 pipeline: venv
 	$(BIN)/dvc repro
+
+# The GPU profile: params overrides from profiles/gpu.yaml, run as a DVC experiment.
+pipeline-gpu: venv
+	$(BIN)/python profiles/run.py profiles/gpu.yaml
 
 test: venv
 	$(BIN)/python -m pytest
