@@ -5,10 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from cvpipe.data.importers import import_dataset
 from cvpipe.data.prepare import prepare_dataset
 from cvpipe.data.synthetic import generate_shapes
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: tiny models gain nothing from more, and on a busy 2-core machine OpenMP
+    threads spin against each other (a 5 s test was measured at 130 s with two)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 TINY_SHAPES = dict(num_images=40, image_size=64, min_objects=2, max_objects=4, min_object_size=14,
                    max_object_size=28, max_occlusion=0.3, clutter=3)
@@ -27,3 +38,19 @@ def tiny_prepared(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     prepare_dataset(import_dataset("shapes", tiny_raw), out, seed=3, image_size=64, fractions=(0.6, 0.2, 0.2),
                     crop_size=32, crop_context=1.25)
     return out
+
+
+def assert_detector_onnx_parity(model: torch.nn.Module, path: Path, image_size: int = 64) -> None:
+    """Export ``model`` (decode in the graph) at batch 2, run batch 3 in onnxruntime, compare with PyTorch."""
+    import numpy as np
+
+    from cvpipe.export import export_onnx, onnx_session, run_onnx
+    from cvpipe.models.detector import DecodedDetector
+
+    images = torch.rand(3, 3, image_size, image_size) * 255
+    export_onnx(DecodedDetector(model.eval()), images[:2], path, opset=18, output_names=("boxes", "scores"))
+    onnx_boxes, onnx_scores = run_onnx(onnx_session(path), images.numpy())
+    with torch.no_grad():
+        boxes, scores = model.decode(model(images))
+    np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-3)
+    np.testing.assert_allclose(onnx_scores, scores.numpy(), atol=1e-4)

@@ -11,14 +11,13 @@ from torchvision.ops import box_convert, generalized_box_iou
 
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
-from cvpipe.export import export_onnx, onnx_session, run_onnx
 from cvpipe.losses.detr import SetCriterion, build_criterion
 from cvpipe.matching.hungarian import HungarianMatcher
 from cvpipe.metrics.detection import evaluate_detections
-from cvpipe.models.detector import DecodedDetector
 from cvpipe.models.detr import build_detr, gaussian_attention_bias, sine_encoding, token_centres
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.postprocess.detections import select_detections
+from tests.conftest import assert_detector_onnx_parity
 
 K = 6
 SMALL = dict(width=8, d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=3, dim_feedforward=64,
@@ -248,16 +247,9 @@ def test_gradients_are_finite_and_reach_every_parameter(queries):
 # ---------------------------------------------------------------- learning and export
 
 
-@pytest.fixture
-def one_thread():
-    """Intra-op threads spin against each other on a busy 2-core machine (10× slower); one is plenty here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def test_overfits_a_tiny_batch_to_high_map(tiny_prepared, one_thread):
+def test_overfits_a_tiny_batch_to_high_map(tiny_prepared):
     torch.manual_seed(0)
     meta = load_meta(tiny_prepared)
     images = to_model_input(np.asarray(load_array(tiny_prepared, "train", "images")[:4]))  # [4, 3, 64, 64]
@@ -285,12 +277,4 @@ def test_overfits_a_tiny_batch_to_high_map(tiny_prepared, one_thread):
 
 
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
-    model = _model().eval()
-    images = torch.rand(3, 3, 64, 64) * 255
-    path = export_onnx(DecodedDetector(model), images[:2], tmp_path / "detr.onnx", opset=18,
-                       output_names=("boxes", "scores"))
-    onnx_boxes, onnx_scores = run_onnx(onnx_session(path), images.numpy())
-    with torch.no_grad():
-        boxes, scores = model.decode(model(images))
-    np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-3)
-    np.testing.assert_allclose(onnx_scores, scores.numpy(), atol=1e-4)
+    assert_detector_onnx_parity(_model(), tmp_path / "detr.onnx")

@@ -244,16 +244,9 @@ def test_gradients_are_finite():
 
 
 # ------------------------------------------------------------------------------------------------- overfit
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and on a busy 2-core box OpenMP spinning costs 10×."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
-def test_overfits_four_images_of_the_tiny_dataset(tiny_prepared, one_thread):
+def test_overfits_four_images_of_the_tiny_dataset(tiny_prepared):
     torch.manual_seed(0)
     meta = load_meta(tiny_prepared)
     images = to_model_input(load_array(tiny_prepared, "train", "images")[:4])
@@ -284,7 +277,7 @@ def test_overfits_four_images_of_the_tiny_dataset(tiny_prepared, one_thread):
     assert time.perf_counter() - start < 60
 
 
-def test_onnx_export_matches_pytorch(tmp_path, one_thread):
+def test_onnx_export_matches_pytorch(tmp_path):
     model = DecodedDetector(build_ssd(6, MEAN, STD, width=8).eval())
     path = export_onnx(model, torch.rand(2, 3, 64, 64) * 255, tmp_path / "ssd.onnx", opset=18,
                        output_names=("boxes", "scores"))

@@ -20,13 +20,6 @@ MEAN, STD = [0.5] * 3, [0.2] * 3
 K = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: one intra-op thread keeps timings stable (two threads on a busy CPU stall each other)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (67, 67), (100, 100), (128, 128), (67, 100)])

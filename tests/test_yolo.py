@@ -11,7 +11,6 @@ import torch
 from torchvision.ops import box_iou
 
 from cvpipe.data.arrays import load_array
-from cvpipe.export import export_onnx, onnx_session, run_onnx
 from cvpipe.losses.yolo import YoloLoss, paired_iou
 from cvpipe.matching.grid_assignment import BACKGROUND, assign_grid, level_size_ranges, pad_targets
 from cvpipe.metrics.detection import evaluate_detections
@@ -19,6 +18,7 @@ from cvpipe.models.detector import DecodedDetector
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.yolo import build_yolo, deltas_to_boxes
 from cvpipe.postprocess.detections import select_detections
+from tests.conftest import assert_detector_onnx_parity
 
 MEAN, STD = [0.5] * 3, [0.2] * 3
 
@@ -84,15 +84,7 @@ def test_decoded_wrapper_matches_decode():
 
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
     torch.manual_seed(0)
-    model = _tiny_model().eval()
-    images = torch.rand(3, 3, 64, 64) * 255
-    path = export_onnx(DecodedDetector(model), images[:2], tmp_path / "yolo.onnx", opset=18,
-                       output_names=("boxes", "scores"))
-    onnx_boxes, onnx_scores = run_onnx(onnx_session(path), images.numpy())
-    with torch.no_grad():
-        boxes, scores = model.decode(model(images))
-    np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-3)
-    np.testing.assert_allclose(onnx_scores, scores.numpy(), atol=1e-4)
+    assert_detector_onnx_parity(_tiny_model(), tmp_path / "yolo.onnx")
 
 
 def _brute_force_assign(points, strides, lo, hi, boxes, valid, radius):
