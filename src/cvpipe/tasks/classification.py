@@ -22,7 +22,7 @@ from cvpipe.models.classifier import SmallResNet
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.weights import load_pretrained
 from cvpipe.training.checkpoint import fingerprint as make_fingerprint
-from cvpipe.training.loop import FitResult, fit
+from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,8 @@ def train_classifier(config: ClassifierConfig, *, prepared_dir: str | Path, meta
         probs = predict_probs(net, val_crops, runtime)
         return {"top1": topk_accuracy(probs, val_labels, 1)} if len(val_labels) else {}
 
-    steps = config.epochs * len(make_batches(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(steps, 1),
-                                                    pct_start=0.2)
+    optimizer, scheduler = adamw_one_cycle(model, lr=config.lr, weight_decay=config.weight_decay,
+                                           total_steps=config.epochs * len(make_batches(0)), pct_start=0.2)
     run_id = make_fingerprint(config, meta["data_hash"], seed)
     result = fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
                  optimizer=optimizer, scheduler=scheduler, epochs=config.epochs, seed=seed,

@@ -20,7 +20,7 @@ from cvpipe.device import Runtime, eval_mode
 from cvpipe.metrics.detection import coco_evaluate, detections_to_coco
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.postprocess.detections import select_detections
-from cvpipe.training.loop import FitResult, fit
+from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
 
 log = logging.getLogger(__name__)
 COCO_SCORE_THRESHOLD = 0.001  # the COCO protocol scores (almost) every candidate, capped at 100 per image
@@ -99,9 +99,8 @@ def train_detector(model: nn.Module, criterion: nn.Module, *, prepared_dir: str 
         stats = coco_scores(val_gt, dets)
         return {"map50": stats["map50"], "map50_95": stats["map50_95"]}
 
-    steps = epochs * len(make_batches(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    optimizer, scheduler = adamw_one_cycle(model, lr=lr, weight_decay=weight_decay,
+                                           total_steps=epochs * len(make_batches(0)), pct_start=0.1)
     return fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
                optimizer=optimizer, scheduler=scheduler, epochs=epochs, seed=seed, checkpoint_path=checkpoint_path,
                fingerprint=fingerprint, on_epoch_end=on_epoch_end, grad_clip=grad_clip)

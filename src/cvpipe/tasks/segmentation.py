@@ -18,7 +18,7 @@ from cvpipe.device import Runtime, eval_mode
 from cvpipe.metrics.segmentation import segmentation_scores, update_confusion
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.postprocess.masks import clean_mask, probabilities_to_labels
-from cvpipe.training.loop import FitResult, fit
+from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
 
 
 @torch.no_grad()
@@ -84,9 +84,8 @@ def train_segmenter(model: nn.Module, criterion: nn.Module, *, prepared_dir: str
         scores = score_labels(labels, val_targets, class_names)
         return {"miou": scores["miou"], "dice": scores["dice"]}
 
-    steps = epochs * len(make_batches(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    optimizer, scheduler = adamw_one_cycle(model, lr=lr, weight_decay=weight_decay,
+                                           total_steps=epochs * len(make_batches(0)), pct_start=0.1)
     return fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
                optimizer=optimizer, scheduler=scheduler, epochs=epochs, seed=seed, checkpoint_path=checkpoint_path,
                fingerprint=fingerprint, on_epoch_end=on_epoch_end)

@@ -92,3 +92,12 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     return FitResult(history=history, resumed_from_epoch=start_epoch)
+
+
+def adamw_one_cycle(model: nn.Module, *, lr: float, weight_decay: float, total_steps: int,
+                    pct_start: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a one-cycle schedule peaking at ``lr`` after ``pct_start`` of ``total_steps`` (≥ 1)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1),
+                                                    pct_start=pct_start)
+    return optimizer, scheduler
