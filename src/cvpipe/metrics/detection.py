@@ -166,15 +166,19 @@ def detections_to_coco(detections: list[dict], image_ids: list[int], category_id
         labels = _to_numpy(det["labels"]).astype(np.int64).reshape(-1)
         if not len(boxes) == len(scores) == len(labels):
             raise ValueError(f"detections[{i}]: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels")
-        bad = np.flatnonzero((labels < 0) | (labels >= len(category_ids)))
-        if bad.size:
-            raise ValueError(f"detections[{i}] label {labels[bad[0]]} at index {bad[0]} is outside "
-                             f"0..{len(category_ids) - 1}")
+        _check_labels(labels, len(category_ids), f"detections[{i}]")
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
             results.append({"image_id": int(image_id), "category_id": int(category_ids[label]),
                             "bbox": box, "score": score})
     return results
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """ValueError naming the first 0-based label outside 0..num_classes-1."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ValueError(f"{where} label {labels[bad[0]]} at index {bad[0]} is outside 0..{num_classes - 1}")
 
 
 def targets_to_coco(targets: list[dict], category_names: list[str],
@@ -195,10 +199,7 @@ def targets_to_coco(targets: list[dict], category_names: list[str],
         crowd = _to_numpy(target.get("iscrowd", np.zeros(len(labels)))).astype(np.int64).reshape(-1)
         if not len(boxes) == len(labels) == len(crowd):
             raise ValueError(f"targets[{i}]: {len(boxes)} boxes, {len(labels)} labels, {len(crowd)} iscrowd flags")
-        bad = np.flatnonzero((labels < 0) | (labels >= len(category_names)))
-        if bad.size:
-            raise ValueError(f"targets[{i}] label {labels[bad[0]]} at index {bad[0]} is outside "
-                             f"0..{len(category_names) - 1}")
+        _check_labels(labels, len(category_names), f"targets[{i}]")
         for (x1, y1, x2, y2), label, is_crowd in zip(boxes.tolist(), labels.tolist(), crowd.tolist()):
             w, h = x2 - x1, y2 - y1
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
