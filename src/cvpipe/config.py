@@ -275,3 +275,38 @@ class SegmenterConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any], model: str) -> "SegmenterConfig":
         return cls(*model_sections(params, model, SegmenterTrainConfig, SegmenterTuneConfig, SegmenterExportConfig))
+
+
+@dataclass(frozen=True)
+class InstanceTuneConfig:
+    """models.<name>.tune for task 'instance_segmentation': the grid searched on validation (objective: F1 of
+    instances matched by mask IoU, averaged over IoU 0.50:0.05:0.95, COCO's thresholds)."""
+
+    score_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # on the cropped mask probability
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.score_thresholds or not self.mask_thresholds:
+            raise ConfigError("params.yaml: tune.score_thresholds and tune.mask_thresholds must not be empty")
+        if any(not 0.0 < t < 1.0 for t in self.mask_thresholds):
+            raise ConfigError(f"params.yaml: tune.mask_thresholds must lie in (0, 1), got {self.mask_thresholds}")
+
+
+@dataclass(frozen=True)
+class InstanceExportConfig:
+    box_atol: float = 0.05  # px
+    score_atol: float = 0.001
+    min_mask_iou: float = 0.99  # smallest mean IoU between PyTorch and ONNX masks of the same detections
+    map_tolerance: float = 0.005  # largest |mask mAP(onnx) - mask mAP(torch)| on the test split
+
+
+@dataclass(frozen=True)
+class InstanceSegmenterConfig:
+    train: DetectorTrainConfig  # a detector arch that predicts masks (yolact)
+    tune: InstanceTuneConfig
+    export: InstanceExportConfig
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], model: str) -> "InstanceSegmenterConfig":
+        return cls(*model_sections(params, model, DetectorTrainConfig, InstanceTuneConfig, InstanceExportConfig))

@@ -154,3 +154,40 @@ def save_segmentation_overlays(images: np.ndarray, targets: np.ndarray, predicti
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_instance_overlays(images: np.ndarray, ground_truth: Sequence[np.ndarray], predictions: Sequence[dict],
+                           class_names: Sequence[str], path: str | Path) -> None:
+    """Rows of image | ground-truth instances | predicted instances, one colour per instance (so two touching
+    objects of the same class show as two colours), predicted masks labelled with class and score.
+
+    images uint8 [N, H, W, 3]; ground_truth: per image bool masks [G, H, W]; predictions: per image
+    {"masks" bool [D, H, W], "labels" [D], "scores" [D]}.
+    """
+    colours = plt.get_cmap("tab20")
+
+    def paint(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        out = image.astype(float) / 255.0
+        for j, mask in enumerate(masks):
+            out[mask] = 0.35 * out[mask] + 0.65 * np.array(colours(j % 20)[:3])
+        return out
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for i in range(n):
+        pred = predictions[i]
+        panels = (("image", images[i] / 255.0), (f"ground truth ({len(ground_truth[i])})", paint(images[i], ground_truth[i])),
+                  (f"prediction ({len(pred['masks'])})", paint(images[i], pred["masks"])))
+        for j, (title, panel) in enumerate(panels):
+            axes[i, j].imshow(panel)
+            axes[i, j].set_title(title, fontsize=8)
+            axes[i, j].axis("off")
+        for mask, label, score in zip(pred["masks"], pred["labels"], pred["scores"]):
+            ys, xs = np.nonzero(mask)
+            if len(xs):
+                axes[i, 2].text(xs.min(), ys.min(), f"{class_names[int(label)]} {float(score):.2f}", color="white",
+                                fontsize=5, bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.3, "lw": 0})
+    fig.suptitle("instances: one colour per object", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

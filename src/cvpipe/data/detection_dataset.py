@@ -1,4 +1,5 @@
-"""Detection samples over the prepared arrays; boxes move with the image through transforms.v2."""
+"""Detection samples over the prepared arrays; boxes (and instance masks) move with the image through
+transforms.v2."""
 
 from __future__ import annotations
 
@@ -16,11 +17,18 @@ from cvpipe.data.arrays import load_array
 Target = dict[str, torch.Tensor]
 
 
+def _labels_and_mask_flags(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """SanitizeBoundingBoxes' labels_getter: drop "labels" and "has_mask" with their box (masks go by themselves)."""
+    target = inputs[1]
+    return tuple(target[k] for k in ("labels", "has_mask") if k in target)
+
+
 def detection_augment() -> v2.Compose:
-    """Flips, scale/translate jitter and colour jitter that keep boxes right (tv_tensors.BoundingBoxes).
+    """Flips, scale/translate jitter and colour jitter that keep boxes right (tv_tensors.BoundingBoxes) and
+    instance masks right (tv_tensors.Mask) when the target has them.
 
     Boxes pushed (almost) out of the frame are clipped, then dropped by SanitizeBoundingBoxes with their
-    labels; that is augmentation of a copy, the prepared ground truth is never changed.
+    labels, masks and mask flags; that is augmentation of a copy, the prepared ground truth is never changed.
     """
     return v2.Compose([
         v2.RandomHorizontalFlip(),
@@ -28,33 +36,50 @@ def detection_augment() -> v2.Compose:
         v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.8, 1.2)),
         v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.04),
         v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=2),
+        v2.SanitizeBoundingBoxes(min_size=2, labels_getter=_labels_and_mask_flags),
     ])
 
 
 class DetectionDataset(Dataset):
-    """item = (uint8 image [3, S, S], {"boxes": float32 [N, 4] xyxy abs px, "labels": int64 [N]})."""
+    """item = (uint8 image [3, S, S], {"boxes": float32 [N, 4] xyxy abs px, "labels": int64 [N]}), plus
+    "masks" uint8 [N, S, S] and "has_mask" bool [N] when built with instance masks."""
 
     def __init__(self, images: np.ndarray, boxes: np.ndarray, labels: np.ndarray, offsets: np.ndarray,
-                 transform: Callable[..., Any] | None = None) -> None:
+                 transform: Callable[..., Any] | None = None, masks: np.ndarray | None = None,
+                 has_mask: np.ndarray | None = None) -> None:
         if len(offsets) != len(images) + 1:
             raise ValueError(f"{len(images)} images need {len(images) + 1} box offsets, got {len(offsets)}")
+        if masks is not None and (len(masks) != len(boxes) or has_mask is None or len(has_mask) != len(boxes)):
+            raise ValueError(f"{len(boxes)} boxes need as many instance masks and mask flags, got "
+                             f"{len(masks)} and {None if has_mask is None else len(has_mask)}")
         self.images, self.boxes, self.labels, self.offsets = images, boxes, labels, offsets
+        self.masks, self.has_mask = masks, has_mask
         self.transform = transform
 
     @classmethod
-    def from_prepared(cls, prepared_dir: str | Path, split: str,
-                      transform: Callable[..., Any] | None = None) -> "DetectionDataset":
+    def from_prepared(cls, prepared_dir: str | Path, split: str, transform: Callable[..., Any] | None = None,
+                      with_masks: bool = False) -> "DetectionDataset":
         arrays = [load_array(prepared_dir, split, n) for n in ("images", "boxes", "box_labels", "box_offsets")]
-        return cls(*arrays, transform=transform)
+        if not with_masks:
+            return cls(*arrays, transform=transform)
+        if not (Path(prepared_dir) / split / "instance_masks.npy").is_file():
+            raise FileNotFoundError(f"{prepared_dir}/{split}/instance_masks.npy is missing: run `dvc repro prepare` "
+                                    "with this version of cvpipe")
+        return cls(*arrays, transform=transform, masks=load_array(prepared_dir, split, "instance_masks"),
+                   has_mask=load_array(prepared_dir, split, "instance_has_mask"))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def target(self, index: int) -> Target:
         lo, hi = int(self.offsets[index]), int(self.offsets[index + 1])
-        return {"boxes": torch.from_numpy(np.array(self.boxes[lo:hi], np.float32)).reshape(-1, 4),
-                "labels": torch.from_numpy(np.array(self.labels[lo:hi], np.int64))}
+        target = {"boxes": torch.from_numpy(np.array(self.boxes[lo:hi], np.float32)).reshape(-1, 4),
+                  "labels": torch.from_numpy(np.array(self.labels[lo:hi], np.int64))}
+        if self.masks is not None:
+            size = self.images.shape[1:3]
+            target["masks"] = torch.from_numpy(np.array(self.masks[lo:hi], np.uint8)).reshape(-1, *size)
+            target["has_mask"] = torch.from_numpy(np.array(self.has_mask[lo:hi], bool))
+        return target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         image = torch.from_numpy(np.array(self.images[index])).permute(2, 0, 1)  # [3, S, S] uint8
@@ -62,11 +87,13 @@ class DetectionDataset(Dataset):
         if self.transform is None:
             return image, target
         size = tuple(image.shape[-2:])
-        image, target = self.transform(tv_tensors.Image(image), {
-            "boxes": tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=size),
-            "labels": target["labels"]})
-        return image.as_subclass(torch.Tensor), {"boxes": target["boxes"].as_subclass(torch.Tensor).float(),
-                                                 "labels": target["labels"]}
+        wrapped = {**target, "boxes": tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=size)}
+        if "masks" in target:
+            wrapped["masks"] = tv_tensors.Mask(target["masks"])
+        image, wrapped = self.transform(tv_tensors.Image(image), wrapped)
+        plain = {k: v.as_subclass(torch.Tensor) if isinstance(v, tv_tensors.TVTensor) else v for k, v in wrapped.items()}
+        plain["boxes"] = plain["boxes"].float()
+        return image.as_subclass(torch.Tensor), plain
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:

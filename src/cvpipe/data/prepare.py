@@ -8,6 +8,9 @@ Output layout under ``out_dir`` (every array is written with ``np.save`` and rea
 - ``<split>/boxes.npy``       float32 [M, 4]      xyxy, absolute px in prepared coordinates
 - ``<split>/box_labels.npy``  int64 [M]           0-based class index (category_id - 1)
 - ``<split>/box_offsets.npy`` int64 [N + 1]       boxes of image i are rows offsets[i]:offsets[i+1]
+- ``<split>/instance_masks.npy`` uint8 [M, S, S]  0/1 mask of box row m (instance segmentation targets)
+- ``<split>/instance_has_mask.npy`` bool [M]      False where the source gave a box without a mask (the
+                                                  mask row is then all 0 and the mask loss skips it)
 - ``<split>/crops.npy``       uint8 [Nc, C, C, 3] object-centred crops for classification
 - ``<split>/crop_labels.npy`` int64 [Nc]          0-based class index
 - ``<split>/instances.json``  COCO ground truth in prepared coordinates (boxes, RLE masks)
@@ -94,6 +97,12 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
     image_arr = np.lib.format.open_memmap(out / "images.npy", "w+", np.uint8, (n, image_size, image_size, 3))
     semantic = np.lib.format.open_memmap(out / "semantic.npy", "w+", np.uint8, (n, image_size, image_size))
     by_image = dict(tuple(dataset.annotations.groupby("image_id", sort=False)))
+    in_split = dataset.annotations["image_id"].isin(images["image_id"])
+    num_instances = int((in_split & (dataset.annotations["iscrowd"] == 0)).sum())
+    # one row per training box; a memmap so a large split never has to fit in memory
+    instance_masks = np.lib.format.open_memmap(out / "instance_masks.npy", "w+", np.uint8,
+                                               (num_instances, image_size, image_size))
+    has_mask = np.zeros(num_instances, bool)
     boxes, labels, offsets, crops, crop_labels = [], [], [0], [], []
     coco_images, coco_anns = [], []
     for i, row in enumerate(tqdm(images.itertuples(), total=n, desc=f"prepare {split}", unit="img")):
@@ -106,6 +115,7 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
         for ann in ([] if anns is None else anns.itertuples()):
             box = np.array([ann.x, ann.y, ann.x + ann.w, ann.y + ann.h], np.float32) * scale
             box = np.clip(box, 0, image_size)
+            mask = None
             record = {"id": int(ann.ann_id), "image_id": int(row.image_id), "category_id": int(ann.category_id),
                       "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
                       "iscrowd": int(ann.iscrowd), "area": float(ann.area) * scale * scale}
@@ -117,6 +127,11 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
             coco_anns.append(record)
             if ann.iscrowd:
                 continue  # crowd regions are ignored by training and by COCOeval alike
+            if mask is not None:
+                instance_masks[len(boxes)] = mask
+                has_mask[len(boxes)] = True
+            else:
+                instance_masks[len(boxes)] = 0
             boxes.append(box)
             labels.append(int(ann.category_id) - 1)
             crops.append(object_crop(image_arr[i], box, context=crop_context, crop_size=crop_size))
@@ -124,6 +139,8 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
         offsets.append(len(boxes))
     image_arr.flush()
     semantic.flush()
+    instance_masks.flush()
+    np.save(out / "instance_has_mask.npy", has_mask)
     np.save(out / "boxes.npy", np.array(boxes, np.float32).reshape(-1, 4))
     np.save(out / "box_labels.npy", np.array(labels, np.int64))
     np.save(out / "box_offsets.npy", np.array(offsets, np.int64))

@@ -49,6 +49,14 @@ class YoloLoss(nn.Module):
 
     def forward(self, outputs: dict[str, torch.Tensor],
                 targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        terms, _ = self.detection_terms(outputs, targets)
+        terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms
+
+    def detection_terms(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]
+                        ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The unweighted terms {"loss_box", "loss_obj", "loss_cls"} and the positives as index tensors
+        (image b [P], location a [P], matched target row g [P]), for heads that add their own term."""
         obj_logits, cls_logits = outputs["obj_logits"].float(), outputs["cls_logits"].float()  # [B, A], [B, A, K]
         if len(targets) != obj_logits.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {obj_logits.shape[0]} images")
@@ -90,9 +98,7 @@ class YoloLoss(nn.Module):
         loss_cls = F.binary_cross_entropy_with_logits(cls_logits[batch_idx, loc_idx], cls_target,
                                                       reduction="sum") / num_pos
 
-        terms = {"loss_box": loss_box, "loss_obj": loss_obj, "loss_cls": loss_cls}
-        terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
-        return terms
+        return {"loss_box": loss_box, "loss_obj": loss_obj, "loss_cls": loss_cls}, (batch_idx, loc_idx, gt_idx)
 
 
 def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:

@@ -155,7 +155,8 @@ def detections_to_coco(detections: list[dict], image_ids: list[int], category_id
     """Per-image {"boxes" [D, 4] xyxy absolute, "scores" [D], "labels" [D] 0-based} → COCO results list.
 
     Label k becomes ``category_ids[k]``; boxes become [x, y, w, h] as Python floats at full precision
-    (never rounded: rounding shifts IoU near the thresholds).
+    (never rounded: rounding shifts IoU near the thresholds). A dict with "segmentations" (D COCO RLEs, one
+    per detection) adds each as the result's ``segmentation``, for ``iou_type="segm"``.
     """
     if len(detections) != len(image_ids):
         raise ValueError(f"{len(detections)} detection dicts for {len(image_ids)} image ids")
@@ -167,10 +168,15 @@ def detections_to_coco(detections: list[dict], image_ids: list[int], category_id
         if not len(boxes) == len(scores) == len(labels):
             raise ValueError(f"detections[{i}]: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels")
         _check_labels(labels, len(category_ids), f"detections[{i}]")
+        segmentations = det.get("segmentations")
+        if segmentations is not None and len(segmentations) != len(boxes):
+            raise ValueError(f"detections[{i}]: {len(segmentations)} segmentations for {len(boxes)} boxes")
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
-            results.append({"image_id": int(image_id), "category_id": int(category_ids[label]),
-                            "bbox": box, "score": score})
+        for j, (box, score, label) in enumerate(zip(xywh.tolist(), scores.tolist(), labels.tolist())):
+            result = {"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box, "score": score}
+            if segmentations is not None:
+                result["segmentation"] = segmentations[j]
+            results.append(result)
     return results
 
 

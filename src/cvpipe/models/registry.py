@@ -32,8 +32,16 @@ def _detr() -> tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
     return build_detr, build_detr_criterion
 
 
+def _yolact() -> tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
+    from cvpipe.losses.yolact import YolactLoss
+    from cvpipe.models.yolact import build_yolact
+
+    return build_yolact, YolactLoss
+
+
+# detectors and instance segmenters (a detector that also predicts masks: ``predicts_masks = True``)
 DETECTORS: dict[str, Callable[[], tuple[Callable[..., nn.Module], Callable[..., nn.Module]]]] = {
-    "yolo": _yolo, "ssd": _ssd, "detr": _detr,
+    "yolo": _yolo, "ssd": _ssd, "detr": _detr, "yolact": _yolact,
 }
 
 

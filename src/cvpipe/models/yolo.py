@@ -124,12 +124,20 @@ class YoloDetector(nn.Module):
         return outs
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_with_features(images)[0]
+
+    def forward_with_features(self, images: torch.Tensor
+                              ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """The head outputs of ``forward`` plus the FPN maps and the regression-tower maps, one per level
+        (what a head added on top, such as YOLACT's mask coefficients and protonet, reads)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, S, S], got {tuple(images.shape)}")
-        obj, cls, box, points, strides = [], [], [], [], []
-        for feature, stride in zip(self._features(images), self.strides):
+        obj, cls, box, points, strides, reg_feats = [], [], [], [], [], []
+        features = self._features(images)
+        for feature, stride in zip(features, self.strides):
             height, width = feature.shape[-2:]
             cls_feat, reg_feat = self.cls_tower(feature), self.reg_tower(feature)
+            reg_feats.append(reg_feat)
             cls.append(self.cls_pred(cls_feat).flatten(2).transpose(1, 2))  # [B, H*W, K]
             box.append(self.box_pred(reg_feat).flatten(2).transpose(1, 2))  # [B, H*W, 4]
             obj.append(self.obj_pred(reg_feat).flatten(2).squeeze(1))  # [B, H*W]
@@ -138,8 +146,9 @@ class YoloDetector(nn.Module):
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
             points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1))  # [H*W, 2]
             strides.append(torch.full((height * width,), float(stride), device=images.device))
-        return {"obj_logits": torch.cat(obj, 1), "cls_logits": torch.cat(cls, 1), "box_deltas": torch.cat(box, 1),
-                "points": torch.cat(points, 0), "strides": torch.cat(strides, 0)}
+        outputs = {"obj_logits": torch.cat(obj, 1), "cls_logits": torch.cat(cls, 1), "box_deltas": torch.cat(box, 1),
+                   "points": torch.cat(points, 0), "strides": torch.cat(strides, 0)}
+        return outputs, features, reg_feats
 
     def decode(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """→ boxes [B, A, 4] xyxy absolute px, scores [B, A, K] = σ(obj) · σ(cls) in 0..1."""

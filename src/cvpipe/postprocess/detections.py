@@ -12,11 +12,14 @@ from torchvision.ops import batched_nms
 
 
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, *, score_threshold: float,
-                      iou_threshold: float | None, max_detections: int) -> list[dict[str, torch.Tensor]]:
+                      iou_threshold: float | None, max_detections: int,
+                      return_candidates: bool = False) -> list[dict[str, torch.Tensor]]:
     """Per image: every (candidate, class) pair with score ≥ threshold, class-wise NMS, top ``max_detections``.
 
     boxes: [B, A, 4] xyxy absolute; scores: [B, A, K] in 0..1. ``iou_threshold=None`` skips NMS.
-    Returns one dict per image: boxes [D, 4], scores [D], labels [D] (0-based class), sorted by score.
+    Returns one dict per image: boxes [D, 4], scores [D], labels [D] (0-based class), sorted by score; with
+    ``return_candidates`` also "candidates" [D], the index a of each detection's dense candidate (to pick
+    per-candidate outputs such as mask coefficients).
     """
     results = []
     num_classes = scores.shape[-1]
@@ -31,7 +34,10 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, *, score_thresh
         else:
             kept = torch.argsort(cand_scores, descending=True)
         kept = kept[:max_detections]
-        results.append({"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": cand_labels[kept]})
+        result = {"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": cand_labels[kept]}
+        if return_candidates:
+            result["candidates"] = torch.div(keep, num_classes, rounding_mode="floor")[kept]
+        results.append(result)
     return results
 
 

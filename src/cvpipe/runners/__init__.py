@@ -24,6 +24,7 @@ RUNNERS = {
     "classification": "cvpipe.runners.classification",
     "detection": "cvpipe.runners.detection",
     "segmentation": "cvpipe.runners.segmentation",
+    "instance_segmentation": "cvpipe.runners.instance_segmentation",
 }
 
 

@@ -20,6 +20,7 @@ from cvpipe.device import Runtime, eval_mode
 from cvpipe.metrics.detection import coco_evaluate, detections_to_coco
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.postprocess.detections import select_detections
+from cvpipe.tasks.instance_segmentation import predict_instances, select_instances
 from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,14 @@ def train_detector(model: nn.Module, criterion: nn.Module, *, prepared_dir: str 
                    epochs: int, batch_size: int, lr: float, weight_decay: float, grad_clip: float | None,
                    nms_iou: float | None, checkpoint_path: str | Path, fingerprint: str,
                    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
-    """AdamW + one-cycle over augmented training scenes; validation mAP (COCO protocol) every epoch."""
-    train_set = DetectionDataset.from_prepared(prepared_dir, "train", transform=detection_augment())
+    """AdamW + one-cycle over augmented training scenes; validation mAP (COCO protocol) every epoch.
+
+    A model with ``predicts_masks = True`` (instance segmentation) gets instance masks in its targets and is
+    also scored with mask mAP (``iouType="segm"``, masks binarised at 0.5) on validation.
+    """
+    with_masks = bool(getattr(model, "predicts_masks", False))
+    train_set = DetectionDataset.from_prepared(prepared_dir, "train", transform=detection_augment(),
+                                               with_masks=with_masks)
     if len(train_set) == 0:
         raise ValueError(f"{prepared_dir}/train holds no images: nothing to train on")
     val_images = load_array(prepared_dir, "val", "images")
@@ -93,11 +100,15 @@ def train_detector(model: nn.Module, criterion: nn.Module, *, prepared_dir: str 
     def evaluate(net: nn.Module) -> dict[str, float]:
         if len(val_images) == 0:
             return {}
-        boxes, scores = predict_dense(net, val_images, runtime)
-        dets = select(boxes, scores, score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms_iou,
-                      max_detections=COCO_MAX_DETECTIONS)
-        stats = coco_scores(val_gt, dets)
-        return {"map50": stats["map50"], "map50_95": stats["map50_95"]}
+        coco = dict(score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms_iou, max_detections=COCO_MAX_DETECTIONS)
+        if not with_masks:
+            stats = coco_scores(val_gt, select(*predict_dense(net, val_images, runtime), **coco))
+            return {"map50": stats["map50"], "map50_95": stats["map50_95"]}
+        dense = predict_instances(net, val_images, runtime)
+        instances = select_instances(dense, mask_threshold=0.5, **coco)
+        boxes, masks = coco_scores(val_gt, instances), coco_scores(val_gt, instances, iou_type="segm")
+        return {"map50": boxes["map50"], "map50_95": boxes["map50_95"], "mask_map50": masks["map50"],
+                "mask_map50_95": masks["map50_95"]}
 
     optimizer, scheduler = adamw_one_cycle(model, lr=lr, weight_decay=weight_decay,
                                            total_steps=epochs * len(make_batches(0)), pct_start=0.1)

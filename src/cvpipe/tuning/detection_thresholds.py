@@ -77,14 +77,24 @@ def match_detections(pred_boxes: torch.Tensor | np.ndarray, pred_scores: torch.T
     if not len(pb) == len(scores) == len(pl) or len(gb) != len(gl):
         raise ValueError(f"match_detections: {len(pb)} boxes / {len(scores)} scores / {len(pl)} labels "
                          f"predicted, {len(gb)} boxes / {len(gl)} labels in ground truth")
-    match = np.full(len(pb), UNMATCHED, dtype=np.int64)
     if len(pb) == 0 or len(gb) == 0:
+        return np.full(len(pb), UNMATCHED, dtype=np.int64)
+    iou = torch.nan_to_num(box_iou(pb, gb), nan=0.0).numpy()  # [D, G]; nan when both boxes have zero area
+    return greedy_match(iou, scores.numpy(), pl.numpy(), gl.numpy(), iou_threshold)
+
+
+def greedy_match(iou: np.ndarray, scores: np.ndarray, pred_labels: np.ndarray, gt_labels: np.ndarray,
+                 iou_threshold: float) -> np.ndarray:
+    """The greedy rule of :func:`match_detections` on a given IoU matrix [D, G] (boxes or masks).
+
+    Returns int64 [D]: the matched GT index, or :data:`UNMATCHED`.
+    """
+    match = np.full(len(scores), UNMATCHED, dtype=np.int64)
+    if iou.size == 0:
         return match
-    iou = torch.nan_to_num(box_iou(pb, gb), nan=0.0)  # [D, G]; nan when both boxes have zero area
-    iou[pl[:, None] != gl[None, :]] = -1.0  # another class never matches
-    iou = iou.numpy()
-    taken = np.zeros(len(gb), dtype=bool)
-    for d in torch.argsort(scores, descending=True, stable=True).tolist():
+    iou = np.where(np.asarray(pred_labels)[:, None] != np.asarray(gt_labels)[None, :], -1.0, iou)  # class must agree
+    taken = np.zeros(iou.shape[1], dtype=bool)
+    for d in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist():
         candidates = np.where(taken, -1.0, iou[d])
         g = int(np.argmax(candidates))
         if candidates[g] >= iou_threshold:

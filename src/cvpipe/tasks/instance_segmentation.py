@@ -1,0 +1,124 @@
+"""Instance segmentation over the prepared scenes: dense predictions of a mask-predicting detector, final
+instances (boxes, classes, scores, one binary mask each) and their COCO scores (``iouType="segm"`` and "bbox").
+
+Training is the detectors' loop (:func:`cvpipe.tasks.detection.train_detector`), which feeds instance masks
+to models with ``predicts_masks = True`` and reports validation mask mAP for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import nn
+
+from cvpipe.device import Runtime, eval_mode
+from cvpipe.models.preprocess import to_model_input
+from cvpipe.postprocess.detections import select_detections
+from cvpipe.postprocess.instance_masks import mask_probabilities
+
+
+@dataclass
+class DenseInstances:
+    """Dense outputs for N images: boxes [N, A, 4], scores [N, A, K], coeffs [N, A, k], protos [N, k, H_p, W_p]."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    coeffs: np.ndarray
+    protos: np.ndarray
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+@torch.no_grad()
+def predict_instances(model: nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int = 64) -> DenseInstances:
+    """Run ``model.decode_instances`` over uint8 images [N, S, S, 3] in batches."""
+    parts: list[list[np.ndarray]] = [[], [], [], []]
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            x = runtime.prepare_input(to_model_input(images[start:start + batch_size]))
+            with runtime.autocast():
+                outputs = model.decode_instances(model(x))
+            for part, tensor in zip(parts, outputs):
+                part.append(tensor.float().cpu().numpy())
+    return DenseInstances(*(np.concatenate(p) for p in parts), image_size=tuple(images.shape[1:3]))
+
+
+def dense_from_arrays(boxes: np.ndarray, scores: np.ndarray, coeffs: np.ndarray, protos: np.ndarray,
+                      image_size: tuple[int, int]) -> DenseInstances:
+    """The same container for onnxruntime outputs (four arrays in the graph's output order)."""
+    return DenseInstances(boxes, scores, coeffs, protos, image_size=tuple(image_size))
+
+
+def iter_instances(dense: DenseInstances, *, score_threshold: float, iou_threshold: float | None,
+                   max_detections: int, mask_thresholds: tuple[float, ...]) -> Iterator[dict[str, Any]]:
+    """Per image, the selected detections (shared NMS post-processing) with their masks as COCO RLE, one list
+    per mask threshold: {"boxes", "scores", "labels", "rles": {τ: [RLE, ...]}}. Probabilities are computed
+    once per image and thresholded for every τ, and masks never pile up in memory."""
+    for i in range(len(dense)):
+        det = select_detections(torch.from_numpy(dense.boxes[i:i + 1]), torch.from_numpy(dense.scores[i:i + 1]),
+                                score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                max_detections=max_detections, return_candidates=True)[0]
+        probs = mask_probabilities(dense.protos[i], dense.coeffs[i][det["candidates"].numpy()], det["boxes"],
+                                   dense.image_size).numpy()
+        rles = {}
+        for tau in mask_thresholds:
+            masks = np.asfortranarray((probs > tau).transpose(1, 2, 0).astype(np.uint8))
+            encoded = mask_utils.encode(masks) if len(probs) else []
+            for rle in encoded:
+                rle["counts"] = rle["counts"].decode("ascii")
+            rles[tau] = encoded
+        yield {"boxes": det["boxes"].numpy(), "scores": det["scores"].numpy(), "labels": det["labels"].numpy(),
+               "rles": rles}
+
+
+def select_instances(dense: DenseInstances, *, score_threshold: float, iou_threshold: float | None,
+                     max_detections: int, mask_threshold: float) -> list[dict[str, Any]]:
+    """Final instances per image: boxes [D, 4], scores [D], labels [D] and "segmentations" (D COCO RLEs)."""
+    out = []
+    for det in iter_instances(dense, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                              max_detections=max_detections, mask_thresholds=(mask_threshold,)):
+        out.append({"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"],
+                    "segmentations": det["rles"][mask_threshold]})
+    return out
+
+
+def decode_rles(rles: list[dict[str, Any]], image_size: tuple[int, int]) -> np.ndarray:
+    """COCO RLEs → bool [D, H, W] (for overlays and parity checks)."""
+    if not rles:
+        return np.zeros((0, *image_size), bool)
+    encoded = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+                else r["counts"]} for r in rles]
+    return mask_utils.decode(encoded).transpose(2, 0, 1).astype(bool)
+
+
+def paired_mask_iou(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> np.ndarray:
+    """IoU of the i-th RLE of ``a`` with the i-th of ``b`` → float [D] (1 where both are empty)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} vs {len(b)} masks: pair them first")
+    out = np.ones(len(a))
+    for i, (x, y) in enumerate(zip(a, b)):
+        fx, fy = ({"size": r["size"], "counts": r["counts"].encode("ascii")} for r in (x, y))
+        if mask_utils.area(fx) or mask_utils.area(fy):
+            out[i] = float(mask_utils.iou([fx], [fy], [0])[0, 0])
+    return out
+
+
+def ground_truth_instances(gt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per image (in array order) of a prepared split's COCO ground truth: {"labels" int64 [G] 0-based,
+    "rles": [G RLEs]} for the non-crowd instances that carry a mask."""
+    order = {im["id"]: im["index"] for im in gt["images"]}
+    per_image: list[dict[str, Any]] = [{"labels": [], "rles": []} for _ in order]
+    for ann in gt["annotations"]:
+        if ann.get("iscrowd") or "segmentation" not in ann or not isinstance(ann["segmentation"], dict):
+            continue
+        entry = per_image[order[ann["image_id"]]]
+        entry["labels"].append(ann["category_id"] - 1)
+        entry["rles"].append(ann["segmentation"])
+    return [{"labels": np.asarray(e["labels"], np.int64), "rles": e["rles"]} for e in per_image]
