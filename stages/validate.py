@@ -1,13 +1,20 @@
-"""validate: import data.source into the canonical tables, check them with the GX suite, write the dataset."""
+"""validate: import data.source into the canonical tables, check them with the GX suite, write the dataset.
+
+Outputs: the canonical dataset (COCO JSON; absent when validation fails with on_error: fail), the JSON and
+Markdown reports, and the quarantine list (header only when nothing was set aside). A data fault exits 1
+with a short message naming the rule, the count and the first offending files; never a traceback.
+"""
 
 import argparse
 import json
 import logging
 from pathlib import Path
 
-from cvpipe.config import DataConfig, ValidateConfig, from_section, load_params
+from cvpipe.config import DataConfig, MlflowConfig, ValidateConfig, from_section, load_params
 from cvpipe.data.importers import import_dataset
 from cvpipe.data.validation import quarantine, validate_dataset
+from cvpipe.data.validation_report import (dataset_stats, log_to_mlflow, summary, write_markdown,
+                                           write_quarantine_csv)
 from cvpipe.errors import DataValidationError
 from cvpipe.stage import run_stage
 
@@ -17,29 +24,42 @@ log = logging.getLogger("cvpipe.validate")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="canonical dataset (COCO JSON)")
-    parser.add_argument("--report", required=True, help="validation report (JSON)")
+    parser.add_argument("--out", type=Path, required=True, help="canonical dataset (COCO JSON)")
+    parser.add_argument("--report", type=Path, required=True, help="validation report (JSON)")
+    parser.add_argument("--report-md", type=Path, required=True, help="validation report (Markdown)")
+    parser.add_argument("--quarantine", type=Path, required=True, help="quarantine list (CSV: file, rule, value)")
     args = parser.parse_args()
     params = load_params(args.params)
     data = DataConfig.from_params(params)
     config = from_section(ValidateConfig, params.get("validate"), "validate")
-    dataset = import_dataset(data.source, data.path)
-    report = validate_dataset(dataset, tolerance_px=config.box_tolerance_px)
-    summary = report.to_dict(config.max_examples)
-    quarantined: list = []
+    mlflow_config = from_section(MlflowConfig, params.get("mlflow"), "mlflow")
+    args.out.unlink(missing_ok=True)  # a failed run must not leave the previous dataset behind
+
+    dataset = import_dataset(data.source, data.path, data.importer_options())
+    report = validate_dataset(dataset, tolerance_px=config.box_tolerance_px, out_of_bounds=config.out_of_bounds,
+                              exif_labels=config.exif_labels)
+    kept, quarantined = report.checked, []
     if not report.success and config.on_error == "quarantine":
-        dataset, quarantined = quarantine(dataset, report)
-        log.warning("quarantined %d rows; see %s", len(quarantined), args.report)
-    summary["quarantine"] = {"count": len(quarantined), "kept": {"images": len(dataset.images),
-                                                                 "annotations": len(dataset.annotations)},
-                             "items": quarantined}
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(json.dumps(summary, indent=2, default=str))
+        kept, quarantined = quarantine(report.checked, report)
+    files = report.files.loc[report.checked.images["file_name"].isin(kept.images["file_name"]).to_numpy()]
+    result = summary(report, dataset_stats(kept, files), quarantined, kept, config.max_examples,
+                     {"source": data.source, "path": data.path})
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    write_markdown(result, args.report_md, config.max_examples)
+    write_quarantine_csv(quarantined, args.quarantine)
+    log_to_mlflow(result, [args.report, args.report_md, args.quarantine], experiment=mlflow_config.experiment)
+    if quarantined:
+        log.warning("quarantined %d images and %d annotations (%s); kept %d images", result["quarantine"]["images"],
+                    result["quarantine"]["annotations"], args.quarantine, len(kept.images))
     if not report.success and config.on_error == "fail":
-        raise DataValidationError(f"{report.message(config.max_examples)}\nfull report: {args.report}")
-    dataset.save(args.out)
-    log.info("%d images, %d annotations, %d classes passed validation -> %s", len(dataset.images),
-             len(dataset.annotations), len(dataset.categories), args.out)
+        raise DataValidationError(f"{report.message(config.max_examples)}\nfull report: {args.report} "
+                                  f"and {args.report_md}")
+    kept.info = {**kept.info, "validation": {"images": len(kept.images), "annotations": len(kept.annotations),
+                                             "quarantined": len(quarantined)}}
+    kept.save(args.out)
+    log.info("%d images, %d annotations, %d classes passed validation -> %s", len(kept.images),
+             len(kept.annotations), len(kept.categories), args.out)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,23 @@ class ShapesConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "shapes"
+    """data: the source format, its path, and per format the keyword options of its importer
+    (``cvpipe.data.importers``; unknown keys are rejected by name when the importer runs)."""
+
+    source: str = "shapes"  # shapes | coco | voc | yolo | imagefolder | csv | masks
     path: str = "data/raw/shapes"
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    coco: dict[str, Any] = field(default_factory=dict)
+    voc: dict[str, Any] = field(default_factory=dict)
+    yolo: dict[str, Any] = field(default_factory=dict)
+    imagefolder: dict[str, Any] = field(default_factory=dict)
+    csv: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, Any] = field(default_factory=dict)
+
+    def importer_options(self) -> dict[str, Any]:
+        """The options section of ``source`` (``shapes`` is read by the COCO importer)."""
+        section = "coco" if self.source == "shapes" else self.source
+        return dict(getattr(self, section, None) or {})
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "DataConfig":
@@ -74,11 +88,16 @@ class DataConfig:
 class ValidateConfig:
     on_error: str = "fail"  # fail | quarantine
     box_tolerance_px: float = 0.5  # boxes may overhang the image by this much (rounding)
+    out_of_bounds: str = "reject"  # reject: a box beyond the tolerance breaks a rule | clip: clip it, listed in the report
+    exif_labels: str = "auto"  # auto | stored | upright: the pixels boxes were drawn on when a file has EXIF orientation
     max_examples: int = 5  # offending rows quoted per failed rule
 
     def __post_init__(self) -> None:
-        if self.on_error not in ("fail", "quarantine"):
-            raise ConfigError(f"params.yaml: validate.on_error must be 'fail' or 'quarantine', got {self.on_error!r}")
+        for name, allowed in (("on_error", ("fail", "quarantine")), ("out_of_bounds", ("reject", "clip")),
+                              ("exif_labels", ("auto", "stored", "upright"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"params.yaml: validate.{name} must be one of {list(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

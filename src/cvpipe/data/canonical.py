@@ -6,7 +6,16 @@ Tables (DESIGN.md, "validate"):
 - ``annotations``: ann_id (int, unique), image_id, category_id (1..K, contiguous), x, y, w, h
   (COCO box: top-left corner and size in px of the original image), area, iscrowd (0/1),
   segmentation (COCO RLE or polygon list, or None).
-- ``categories``: category_id (1..K), name.
+- ``categories``: category_id (1..K), name (the class name the source gave).
+
+Optional columns an importer may add (kept through the COCO JSON where marked *):
+- ``images``: ``label_file`` (the source label file of the row, None when the image has none),
+  ``mask_file`` and ``mask_values`` (semantic mask folders: mask path and its class values).
+- ``annotations``: ``difficult`` * (Pascal VOC flag, 0/1), ``source_label`` (the class as written in the source).
+- ``categories``: ``source_id`` * (the class id or index the source used before mapping to 1..K).
+
+Coordinates are those of the *upright* image: the stored pixels with their EXIF orientation applied
+(validation turns boxes drawn on the stored pixels into that frame; ``image_files.open_rgb`` reads it).
 
 COCO instances JSON is the interchange format because pycocotools reads it.
 """
@@ -14,7 +23,7 @@ COCO instances JSON is the interchange format because pycocotools reads it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,8 @@ import pandas as pd
 IMAGE_COLUMNS = ["image_id", "file_name", "width", "height", "split"]
 ANNOTATION_COLUMNS = ["ann_id", "image_id", "category_id", "x", "y", "w", "h", "area", "iscrowd", "segmentation"]
 CATEGORY_COLUMNS = ["category_id", "name"]
+ANNOTATION_EXTRAS = ("difficult",)  # optional columns written to and read from the COCO JSON
+CATEGORY_EXTRAS = ("source_id",)
 
 
 @dataclass
@@ -33,6 +44,7 @@ class CanonicalDataset:
     annotations: pd.DataFrame
     categories: pd.DataFrame
     image_root: Path
+    info: dict[str, Any] = field(default_factory=dict)  # source format, path, validation counts
 
     @property
     def class_names(self) -> list[str]:
@@ -52,15 +64,27 @@ class CanonicalDataset:
                    "iscrowd": int(r.iscrowd)}
             if r.segmentation is not None:
                 ann["segmentation"] = r.segmentation
+            ann.update(_extras(r, ANNOTATION_EXTRAS))
             annotations.append(ann)
-        categories = [{"id": int(r.category_id), "name": str(r.name)} for r in self.categories.itertuples()]
-        return {"info": {"image_root": str(self.image_root)}, "images": images, "annotations": annotations,
-                "categories": categories}
+        categories = [{"id": int(r.category_id), "name": str(r.name), **_extras(r, CATEGORY_EXTRAS)}
+                      for r in self.categories.itertuples()]
+        return {"info": {**self.info, "image_root": str(self.image_root)}, "images": images,
+                "annotations": annotations, "categories": categories}
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with Path(path).open("w") as fh:
             json.dump(self.to_coco(), fh)
+
+
+def _extras(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The optional columns of ``row`` that hold a value, as JSON scalars."""
+    out = {}
+    for name in names:
+        value = getattr(row, name, None)
+        if value is not None and not (isinstance(value, float) and value != value):  # NaN: column absent here
+            out[name] = value.item() if hasattr(value, "item") else value
+    return out
 
 
 def from_coco(coco: dict[str, Any], image_root: str | Path) -> CanonicalDataset:
@@ -78,13 +102,17 @@ def from_coco(coco: dict[str, Any], image_root: str | Path) -> CanonicalDataset:
         rows.append({"ann_id": ann.get("id"), "image_id": ann.get("image_id"), "category_id": ann.get("category_id"),
                      "x": x, "y": y, "w": w, "h": h,
                      "area": area if area is not None else (w or 0) * (h or 0),
-                     "iscrowd": int(ann.get("iscrowd", 0)), "segmentation": ann.get("segmentation")})
-    annotations = pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
+                     "iscrowd": int(ann.get("iscrowd", 0)), "segmentation": ann.get("segmentation"),
+                     **{k: ann[k] for k in ANNOTATION_EXTRAS if k in ann}})
+    extras = [k for k in ANNOTATION_EXTRAS if any(k in r for r in rows)]
+    annotations = pd.DataFrame(rows, columns=ANNOTATION_COLUMNS + extras)
     for col in ("x", "y", "w", "h", "area"):
         annotations[col] = pd.to_numeric(annotations[col], errors="coerce").astype(float)
-    categories = pd.DataFrame([{"category_id": c.get("id"), "name": c.get("name")} for c in coco.get("categories", [])],
-                              columns=CATEGORY_COLUMNS)
-    return CanonicalDataset(images, annotations, categories, Path(image_root))
+    cats = [{"category_id": c.get("id"), "name": c.get("name"), **{k: c[k] for k in CATEGORY_EXTRAS if k in c}}
+            for c in coco.get("categories", [])]
+    categories = pd.DataFrame(cats, columns=CATEGORY_COLUMNS + [k for k in CATEGORY_EXTRAS if any(k in c for c in cats)])
+    info = {k: v for k, v in (coco.get("info") or {}).items() if k != "image_root"}
+    return CanonicalDataset(images, annotations, categories, Path(image_root), info)
 
 
 def load_coco(path: str | Path, image_root: str | Path | None = None) -> CanonicalDataset:

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.image_files import open_rgb
 from cvpipe.data.masks import decode_segmentation, encode_mask
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _letterbox_mask(mask: np.ndarray, scale: float, size: int) -> np.ndarray:
 def object_crop(image: np.ndarray, box: np.ndarray, *, context: float, crop_size: int) -> np.ndarray:
     """Square crop centred on ``box`` (xyxy), side = context × longer box side, padded, resized."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half = context * max(box[2] - box[0], box[3] - box[1]) / 2
+    half = max(1.0, context * max(box[2] - box[0], box[3] - box[1]) / 2)  # ≥ 2 px: a tiny box still crops
     pil = Image.fromarray(image)
     crop = pil.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))  # pads with 0
     return np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
@@ -106,8 +107,8 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
     boxes, labels, offsets, crops, crop_labels = [], [], [0], [], []
     coco_images, coco_anns = [], []
     for i, row in enumerate(tqdm(images.itertuples(), total=n, desc=f"prepare {split}", unit="img")):
-        with Image.open(dataset.image_root / row.file_name) as pil:
-            image_arr[i], scale = letterbox(pil, image_size)
+        # upright 8-bit RGB, as validation checked it (EXIF orientation, grayscale/16-bit/palette/alpha)
+        image_arr[i], scale = letterbox(open_rgb(dataset.image_root / row.file_name), image_size)
         semantic[i] = 0
         coco_images.append({"id": int(row.image_id), "file_name": str(row.file_name), "width": image_size,
                             "height": image_size, "index": i, "scale": scale})

@@ -1,0 +1,155 @@
+"""Pascal VOC XML: one XML per image with ``<size>`` and ``<object>`` boxes.
+
+Layout (folder names are params): ``Annotations/`` (XML, any depth), ``JPEGImages/`` (images), optional
+``ImageSets/Main/{train,val,test,trainval}.txt`` (one image id per line; ``trainval`` counts as train when
+no ``train.txt`` exists). Boxes are taken as pixel edges: x = xmin, w = xmax - xmin (LabelImg's
+convention). ``difficult`` is kept as a column and, with ``difficult_as_crowd``, marks the object
+iscrowd=1 so training skips it and COCOeval neither rewards nor punishes it, as VOC's own metric does.
+An XML without objects is a negative image; an image without XML breaks "image has a label file".
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.importers.common import (TableBuilder, annotations_by_image, class_name_of, copy_image,
+                                          list_images, read_lines, stem_key, upright_size)
+from cvpipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
+SPLIT_FILES = (("train", "train"), ("val", "val"), ("test", "test"), ("trainval", "train"))
+
+
+def _text(node: ET.Element | None, tag: str, default: str | None = None) -> str | None:
+    child = None if node is None else node.find(tag)
+    return default if child is None or child.text is None else child.text.strip()
+
+
+def _number(node: ET.Element | None, tag: str) -> float:
+    value = _text(node, tag)
+    try:
+        return float(value) if value is not None else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def parse_voc_xml(path: Path) -> dict[str, Any]:
+    """One VOC file → {filename, width, height, objects: [{name, xmin, ymin, xmax, ymax, difficult}]}."""
+    root = ET.parse(path).getroot()
+    size = root.find("size")
+    objects = []
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        objects.append({"name": _text(obj, "name", ""), "difficult": int(_number(obj, "difficult") == 1),
+                        **{k: _number(box, k) for k in ("xmin", "ymin", "xmax", "ymax")}})
+    return {"filename": _text(root, "filename"), "width": _number(size, "width"), "height": _number(size, "height"),
+            "objects": objects}
+
+
+def _split_lists(folder: Path) -> dict[str, str]:
+    """image id → split from ImageSets/Main (first list wins; class-specific lists are ignored)."""
+    split: dict[str, str] = {}
+    names = {f for f, _ in SPLIT_FILES}
+    if not folder.is_dir():
+        return split
+    if (folder / "train.txt").is_file():
+        names.discard("trainval")
+    for file_stem, name in SPLIT_FILES:
+        path = folder / f"{file_stem}.txt"
+        if file_stem in names and path.is_file():
+            for line in read_lines(path):
+                image_id = line  # a whole line: ids may hold spaces
+                if split.setdefault(image_id, name) != name:
+                    log.warning("%s: %s is already in split %s; kept there", path, image_id, split[image_id])
+    return split
+
+
+def _split(split_of_id: dict[str, str], relative: str) -> str | None:
+    key = stem_key(relative)
+    return split_of_id.get(key, split_of_id.get(PurePosixPath(key).name))
+
+
+def import_voc(path: str | Path, *, images: str = "JPEGImages", annotations: str = "Annotations",
+               splits: str = "ImageSets/Main", class_names: list[str] | None = None,
+               difficult_as_crowd: bool = True) -> CanonicalDataset:
+    """Read a Pascal VOC folder (see the module docstring)."""
+    root = Path(path)
+    image_dir, xml_dir = root / images, root / annotations
+    if not xml_dir.is_dir():
+        raise ConfigError(f"{xml_dir}: VOC annotations folder not found (data.path, data.voc.annotations)")
+    image_files = list_images(image_dir)
+    by_stem = {stem_key(f): f for f in image_files}
+    by_base = {PurePosixPath(f).name: f for f in image_files}
+    image_set = set(image_files)
+    split_of_id = _split_lists(root / splits)
+    builder = TableBuilder(class_names=class_names)
+    labelled: set[str] = set()
+    xml_files = sorted(p.relative_to(xml_dir).as_posix() for p in xml_dir.rglob("*")
+                       if p.suffix.lower() == ".xml" and p.is_file())
+    for rel in xml_files:
+        label_file = f"{annotations}/{rel}"
+        try:
+            doc = parse_voc_xml(xml_dir / rel)
+            error = None
+        except ET.ParseError as exc:
+            doc, error = {"filename": None, "width": float("nan"), "height": float("nan"), "objects": []}, str(exc)
+        sub = str(PurePosixPath(rel).parent)
+        given = doc["filename"]
+        candidates = [str(PurePosixPath(sub) / given) if given and sub != "." else None, given,
+                      by_stem.get(stem_key(rel)), by_base.get(given or "")]
+        file_name = next((c for c in candidates if c in image_set), None)
+        if file_name is None:  # no image: the row names the file the XML expects (rule "image file exists")
+            file_name = given or f"{stem_key(rel)}.jpg"
+        labelled.add(file_name)
+        width, height = doc["width"], doc["height"]
+        if not (width > 0 and height > 0):  # many tools leave <size> empty or 0: read it from the file
+            width, height = upright_size(image_dir / file_name)
+        image_id = builder.add_image(file_name, width, height, _split(split_of_id, rel),
+                                     label_file=label_file, label_error=error)
+        for obj in doc["objects"]:
+            x0, y0 = obj["xmin"], obj["ymin"]
+            crowd = obj["difficult"] if difficult_as_crowd else 0
+            builder.add_box(image_id, obj["name"], x0, y0, obj["xmax"] - x0, obj["ymax"] - y0, iscrowd=crowd,
+                            difficult=obj["difficult"])
+    for file_name in image_files:
+        if file_name not in labelled:
+            width, height = upright_size(image_dir / file_name)
+            builder.add_image(file_name, width, height, _split(split_of_id, file_name),
+                              label_file=None, label_error=None)
+    return builder.build(image_dir, {"source": "voc", "path": str(root)})
+
+
+def export_voc(dataset: CanonicalDataset, out_dir: str | Path, *, images: str = "JPEGImages",
+               annotations: str = "Annotations", splits: str = "ImageSets/Main") -> None:
+    """Write one XML per image, copy the images, and the split lists when the images carry splits."""
+    out = Path(out_dir)
+    names = class_name_of(dataset)
+    anns = annotations_by_image(dataset)
+    split_ids: dict[str, list[str]] = {}
+    for row in dataset.images.itertuples():
+        copy_image(dataset.image_root / row.file_name, out / images / row.file_name)
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = PurePosixPath(row.file_name).name
+        size = ET.SubElement(root, "size")
+        for tag, value in (("width", row.width), ("height", row.height), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(int(value))
+        group = anns.get(int(row.image_id))
+        for ann in ([] if group is None else group.itertuples()):
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = names[int(ann.category_id)]
+            ET.SubElement(obj, "difficult").text = str(int(getattr(ann, "difficult", 0) or 0))
+            box = ET.SubElement(obj, "bndbox")
+            for tag, value in (("xmin", ann.x), ("ymin", ann.y), ("xmax", ann.x + ann.w), ("ymax", ann.y + ann.h)):
+                ET.SubElement(box, tag).text = f"{value:g}"
+        xml_path = out / annotations / f"{stem_key(row.file_name)}.xml"
+        xml_path.parent.mkdir(parents=True, exist_ok=True)
+        ET.ElementTree(root).write(xml_path, encoding="utf-8")
+        if isinstance(row.split, str):
+            split_ids.setdefault(row.split, []).append(PurePosixPath(stem_key(row.file_name)).name)
+    for split, ids in split_ids.items():
+        (out / splits).mkdir(parents=True, exist_ok=True)
+        (out / splits / f"{split}.txt").write_text("\n".join(ids) + "\n")

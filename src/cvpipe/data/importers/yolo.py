@@ -1,0 +1,141 @@
+"""YOLO txt: ``images/`` and ``labels/`` trees, class names in ``data.yaml``.
+
+Each image ``images/<p>/<name>.<ext>`` pairs with ``labels/<p>/<name>.txt``; a line is ``class cx cy w h``
+normalised to the upright image (0..1), or ``class x1 y1 x2 y2 ...`` (a YOLO segmentation polygon, kept as
+a COCO polygon with its bounding box). An empty label file is a negative image. Class index i becomes
+category_id i + 1. Splits: ``train``/``val``/``test`` entries of ``data.yaml`` (folders or .txt lists of
+image paths), else a split-named first folder (``images/train/...``). A malformed line breaks rule
+"label file parses" with its line number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.importers.common import (SPLIT_NAMES, TableBuilder, annotations_by_image, class_name_of,
+                                          copy_image, list_images, read_lines, split_of, stem_key, upright_size)
+from cvpipe.errors import ConfigError
+
+
+def _names(root: Path, data_yaml: str, class_names: list[str] | None) -> tuple[list[str], dict[str, Any]]:
+    spec: dict[str, Any] = {}
+    if (root / data_yaml).is_file():
+        spec = yaml.safe_load((root / data_yaml).read_text(encoding="utf-8")) or {}
+    if class_names is not None:
+        return list(class_names), spec
+    names = spec.get("names")
+    if isinstance(names, dict):  # {0: person, 1: car}
+        return [str(names[k]) for k in sorted(names, key=int)], spec
+    if isinstance(names, list):
+        return [str(n) for n in names], spec
+    if (root / "classes.txt").is_file():
+        return list(read_lines(root / "classes.txt")), spec
+    raise ConfigError(f"{root / data_yaml}: no class names (give 'names' there, a classes.txt, "
+                      "or data.yolo.class_names in params.yaml)")
+
+
+def _yaml_splits(root: Path, image_dir: Path, spec: dict[str, Any]) -> dict[str, str]:
+    """image path relative to ``image_dir`` → split, from data.yaml's train/val/test entries."""
+    base = root / str(spec.get("path", "")) if spec.get("path") and not Path(str(spec["path"])).is_absolute() else root
+    out: dict[str, str] = {}
+    for key, split in SPLIT_NAMES.items():
+        entries = spec.get(key)
+        for entry in ([] if entries is None else entries if isinstance(entries, list) else [entries]):
+            target = (base / str(entry)).resolve()
+            if target.is_dir():
+                files = [target / f for f in list_images(target)]
+            elif target.is_file() and target.suffix == ".txt":
+                files = [(target.parent / line).resolve() if not Path(line).is_absolute() else Path(line)
+                         for line in read_lines(target)]
+            else:
+                continue
+            for f in files:
+                try:
+                    out.setdefault(f.resolve().relative_to(image_dir.resolve()).as_posix(), split)
+                except ValueError:
+                    continue  # outside the images folder
+    return out
+
+
+def _parse_label(path: Path, width: float, height: float) -> tuple[list[dict[str, Any]], str | None]:
+    objects = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            cls, values = int(tokens[0]), [float(t) for t in tokens[1:]]
+        except ValueError:
+            return objects, f"line {number}: not numbers: {line.strip()[:60]!r}"
+        if len(values) == 4:
+            cx, cy, w, h = values
+            objects.append({"label": str(cls), "x": (cx - w / 2) * width, "y": (cy - h / 2) * height,
+                            "w": w * width, "h": h * height, "segmentation": None})
+        elif len(values) >= 6 and len(values) % 2 == 0:
+            xs, ys = [v * width for v in values[0::2]], [v * height for v in values[1::2]]
+            polygon = [c for xy in zip(xs, ys) for c in xy]
+            objects.append({"label": str(cls), "x": min(xs), "y": min(ys), "w": max(xs) - min(xs),
+                            "h": max(ys) - min(ys), "segmentation": [polygon]})
+        else:
+            return objects, f"line {number}: expected 'class cx cy w h' or a polygon, got {len(tokens)} values"
+    return objects, None
+
+
+def import_yolo(path: str | Path, *, images: str = "images", labels: str = "labels", data_yaml: str = "data.yaml",
+                class_names: list[str] | None = None) -> CanonicalDataset:
+    """Read a YOLO txt dataset (see the module docstring)."""
+    root = Path(path)
+    image_dir, label_dir = root / images, root / labels
+    if not image_dir.is_dir():
+        raise ConfigError(f"{image_dir}: YOLO images folder not found (data.path, data.yolo.images)")
+    names, spec = _names(root, data_yaml, class_names)
+    splits = _yaml_splits(root, image_dir, spec)
+    label_files = {stem_key(p.relative_to(label_dir).as_posix()): p.relative_to(label_dir).as_posix()
+                   for p in label_dir.rglob("*.txt") if p.is_file()} if label_dir.is_dir() else {}
+    builder = TableBuilder(class_names=[str(k) for k in range(len(names))])
+    for file_name in list_images(image_dir):
+        label = label_files.pop(stem_key(file_name), None)
+        width, height = upright_size(image_dir / file_name)
+        objects, error = _parse_label(label_dir / label, width, height) if label else ([], None)
+        image_id = builder.add_image(file_name, width, height, splits.get(file_name, split_of(file_name)),
+                                     label_file=f"{labels}/{label}" if label else None, label_error=error,
+                                     label_frame="upright")
+        for obj in objects:
+            builder.add_box(image_id, obj.pop("label"), **obj)
+    for stem, label in sorted(label_files.items()):  # labels without an image: "image file exists" names them
+        builder.add_image(f"{stem}.*", float("nan"), float("nan"), split_of(label), label_file=f"{labels}/{label}",
+                          label_error=None, label_frame="upright")
+    dataset = builder.build(image_dir, {"source": "yolo", "path": str(root)}, source_ids=list(range(len(names))))
+    dataset.categories["name"] = names
+    dataset.info["class_names"] = names
+    return dataset
+
+
+def export_yolo(dataset: CanonicalDataset, out_dir: str | Path, *, images: str = "images",
+                labels: str = "labels") -> None:
+    """Write images/, labels/ (normalised boxes, 6 decimals) and data.yaml with names and split folders."""
+    out = Path(out_dir)
+    anns = annotations_by_image(dataset)
+    names = class_name_of(dataset)
+    splits: set[str] = set()
+    for row in dataset.images.itertuples():
+        split = row.split if isinstance(row.split, str) else None
+        rel = f"{split}/{row.file_name}" if split else str(row.file_name)
+        splits.update([split] if split else [])
+        copy_image(dataset.image_root / row.file_name, out / images / rel)
+        lines = []
+        group = anns.get(int(row.image_id))
+        for ann in ([] if group is None else group.itertuples()):
+            cx, cy = (ann.x + ann.w / 2) / row.width, (ann.y + ann.h / 2) / row.height
+            lines.append(f"{int(ann.category_id) - 1} {cx:.6f} {cy:.6f} {ann.w / row.width:.6f} "
+                         f"{ann.h / row.height:.6f}")
+        label = out / labels / f"{stem_key(rel)}.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("".join(f"{line}\n" for line in lines))
+    spec: dict[str, Any] = {"path": ".", "names": {k - 1: names[k] for k in sorted(names)}}
+    spec.update({s: str(PurePosixPath(images) / s) for s in sorted(splits)})
+    (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))

@@ -1,0 +1,156 @@
+"""What validation writes for people: dataset statistics, ``validation.md``, ``quarantine.csv``.
+
+``quarantine.csv`` has one line per (removed row, broken rule): ``file, rule, value, table, ann_id``, so a
+quarantined image and each of its annotations can be found again; ``reports/validation.json`` holds the
+same items with their counts.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cvpipe.data.canonical import CanonicalDataset
+
+SMALL, MEDIUM = 32 ** 2, 96 ** 2  # px², COCO's object size bins
+TINY_SIDE = 4  # px: boxes narrower than this are hard for any detector at the prepared size
+QUARANTINE_COLUMNS = ["file", "rule", "value", "table", "ann_id"]
+
+
+def _quantiles(values: pd.Series) -> dict[str, float]:
+    values = values.replace([np.inf, -np.inf], np.nan).dropna()
+    if values.empty:
+        return {}
+    q = values.quantile([0.0, 0.05, 0.5, 0.95, 1.0]).round(2).tolist()
+    return dict(zip(("min", "p5", "median", "p95", "max"), q))
+
+
+def dataset_stats(dataset: CanonicalDataset, files: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Class balance, box sizes, image sizes/modes/splits, negatives and duplicate files."""
+    images, ann = dataset.images, dataset.annotations
+    names = dict(zip(dataset.categories["category_id"], dataset.categories["name"]))
+    objects = ann[ann["iscrowd"] == 0]
+    per_class = objects.groupby("category_id").agg(objects=("ann_id", "size"), images=("image_id", "nunique"))
+    total = max(1, int(per_class["objects"].sum())) if len(per_class) else 1
+    balance = [{"category_id": int(k), "name": str(names.get(k, "?")), "objects": int(r.objects),
+                "images": int(r.images), "fraction": round(int(r.objects) / total, 4)} for k, r in per_class.iterrows()]
+    area = objects["w"] * objects["h"]
+    stats: dict[str, Any] = {
+        "images": len(images),
+        "splits": {str(k): int(v) for k, v in images["split"].fillna("unassigned").value_counts().items()},
+        "negative_images": int((~images["image_id"].isin(ann["image_id"])).sum()),
+        "image_width": _quantiles(images["width"]), "image_height": _quantiles(images["height"]),
+        "class_balance": balance,
+        "boxes": {"count": len(objects), "crowd_or_difficult": int((ann["iscrowd"] != 0).sum()),
+                  "width": _quantiles(objects["w"]), "height": _quantiles(objects["h"]), "area": _quantiles(area),
+                  "small": int((area < SMALL).sum()), "medium": int(((area >= SMALL) & (area < MEDIUM)).sum()),
+                  "large": int((area >= MEDIUM).sum()),
+                  f"tiny_side_lt_{TINY_SIDE}px": int(((objects["w"] < TINY_SIDE) | (objects["h"] < TINY_SIDE)).sum())},
+    }
+    if files is not None:
+        stats["modes"] = {str(k): int(v) for k, v in files["mode"].dropna().value_counts().items()}
+        stats["exif_rotated_files"] = int((files["orientation"] != 1).sum())
+        dup = files["sha1"].dropna()
+        stats["duplicate_files"] = int(dup.duplicated(keep="first").sum())  # beyond the first copy of each
+    return stats
+
+
+def summary(report: Any, stats: dict[str, Any], quarantined: list[dict[str, Any]], kept: CanonicalDataset,
+            max_examples: int, source: dict[str, Any]) -> dict[str, Any]:
+    """The JSON report: rules, normalisation, statistics and the quarantine with its counts."""
+    by_table = {t: sum(1 for q in quarantined if q["table"] == t) for t in ("images", "annotations")}
+    return {**report.to_dict(max_examples), "source": source, "stats": stats,
+            "quarantine": {"count": len(quarantined), "images": by_table["images"],
+                           "annotations": by_table["annotations"],
+                           "kept": {"images": len(kept.images), "annotations": len(kept.annotations)},
+                           "items": quarantined}}
+
+
+def write_quarantine_csv(items: list[dict[str, Any]], path: str | Path) -> int:
+    """One line per (row, rule); written (header only) even when nothing was quarantined. Returns lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = 0
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(QUARANTINE_COLUMNS)
+        for item in items:
+            for rule, value in zip(item["rules"], item["values"]):
+                writer.writerow([item.get("file_name", ""), rule, value, item["table"], item.get("ann_id", "")])
+                lines += 1
+    return lines
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def write_markdown(data: dict[str, Any], path: str | Path, max_examples: int) -> None:
+    """A readable ``validation.md`` from the JSON report."""
+    lines = [f"# Dataset validation: {'passed' if data['success'] else 'FAILED'}", "",
+             f"Source: `{data['source'].get('source')}` at `{data['source'].get('path')}`; "
+             f"{data['counts'].get('images', 0)} images, {data['counts'].get('annotations', 0)} annotations, "
+             f"{data['counts'].get('categories', 0)} classes.", "", "## Rules", "",
+             "| rule | table | result | failing rows | first offending rows |", "|---|---|---|---|---|"]
+    for rule in data["rules"]:
+        examples = "; ".join(", ".join(f"{k}={v}" for k, v in ex.items() if k != "row")
+                             for ex in rule["examples"][:max_examples])
+        lines.append(f"| {_cell(rule['rule'])} | {rule['table']} | {'ok' if rule['success'] else '**broken**'} | "
+                     f"{rule['unexpected_count']} of {rule['element_count']} | {_cell(examples)} |")
+    lines += ["", "## Normalised before the rules", ""]
+    for name, note in data["normalised"].items():
+        lines.append(f"- {name}: {note['count']}" + (f" (first: {_cell(note['examples'][:max_examples])})"
+                                                      if note["count"] else ""))
+    q = data["quarantine"]
+    lines += ["", "## Quarantine", "", f"{q['images']} images and {q['annotations']} annotations set aside; kept "
+              f"{q['kept']['images']} images and {q['kept']['annotations']} annotations."]
+    stats = data["stats"]
+    lines += ["", "## Statistics", "", f"- splits: {stats['splits']}", f"- images without objects (negatives): "
+              f"{stats['negative_images']}", f"- image width: {stats['image_width']}",
+              f"- image height: {stats['image_height']}", f"- modes: {stats.get('modes', {})}",
+              f"- EXIF-rotated files: {stats.get('exif_rotated_files', 0)}",
+              f"- duplicate files (same content): {stats.get('duplicate_files', 0)}",
+              "", "| class | objects | images | fraction |", "|---|---|---|---|"]
+    lines += [f"| {_cell(c['name'])} | {c['objects']} | {c['images']} | {c['fraction']:.3f} |"
+              for c in stats["class_balance"]]
+    boxes = stats["boxes"]
+    lines += ["", f"Boxes: {boxes['count']} (+{boxes['crowd_or_difficult']} crowd/difficult); small/medium/large "
+              f"{boxes['small']}/{boxes['medium']}/{boxes['large']}; width {boxes['width']}; height {boxes['height']}.",
+              ""]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines), encoding="utf-8")
+
+
+def log_to_mlflow(data: dict[str, Any], artifacts: list[Path], *, experiment: str) -> str:
+    """One run named ``validate`` in the experiment ``<experiment>-data`` (the model experiment keeps one run
+    per model): input/kept/quarantined counts and failing rows per rule as metrics, the reports as
+    artifacts. Returns the run id."""
+    import re
+
+    import mlflow
+
+    from cvpipe import tracking
+
+    tracking.configure()
+    experiment_id = tracking.get_or_create_experiment(f"{experiment}-data")
+    q = data["quarantine"]
+    metrics = {"images_in": data["counts"].get("images", 0), "annotations_in": data["counts"].get("annotations", 0),
+               "images_kept": q["kept"]["images"], "annotations_kept": q["kept"]["annotations"],
+               "quarantined_images": q["images"], "quarantined_annotations": q["annotations"],
+               "broken_rules": sum(not r["success"] for r in data["rules"]),
+               **{f"normalised_{k}": v["count"] for k, v in data["normalised"].items()}}
+    metrics.update({"rule_" + re.sub(r"[^a-z0-9]+", "_", r["rule"].lower()).strip("_"): r["unexpected_count"]
+                    for r in data["rules"]})
+    with mlflow.start_run(experiment_id=experiment_id, run_name="validate") as run:
+        mlflow.set_tags({"stage": "validate", "data_source": str(data["source"].get("source")),
+                         "data_path": str(data["source"].get("path")), "success": str(data["success"]),
+                         **{k: v for k, v in tracking.git_state().items()}})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        for path in artifacts:
+            if Path(path).is_file():
+                mlflow.log_artifact(str(path), "validation")
+        return run.info.run_id
