@@ -29,6 +29,7 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_import.py
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

@@ -207,3 +207,20 @@ def test_stage_quarantine_keeps_every_good_item_lists_every_bad_one_and_logs_cou
     run = client.search_runs([client.get_experiment_by_name("faults-data").experiment_id])[0]
     assert run.data.metrics["quarantined_images"] == 2 and run.data.metrics["quarantined_annotations"] == lost
     assert run.data.metrics["images_kept"] == len(kept["images"])
+
+
+def test_prepare_keeps_complete_source_splits_and_redraws_partial_ones(tmp_path):
+    names = [f"im{i}.png" for i in range(9)]
+    for i, name in enumerate(names):
+        write_image(tmp_path / "JPEGImages" / name, 16, 16, seed=i)
+    objects = {n: [("a", (1, 1, 8, 8))] for n in names}
+    sizes = {n: (16, 16) for n in names}
+    _voc(tmp_path, objects, sizes, splits={"train": ["im0", "im1", "im2", "im3"], "val": ["im4", "im5"],
+                                           "test": ["im6", "im7", "im8"]})
+    full = prepare_dataset(import_dataset("voc", tmp_path), tmp_path / "full", seed=0, image_size=16,
+                           fractions=(0.34, 0.33, 0.33), crop_size=8, crop_context=1.0)
+    assert [full["splits"][s]["images"] for s in ("train", "val", "test")] == [4, 2, 3]  # the source's lists
+    (tmp_path / "ImageSets" / "Main" / "test.txt").unlink()  # train/val only: test would be empty
+    partial = prepare_dataset(import_dataset("voc", tmp_path), tmp_path / "partial", seed=0, image_size=16,
+                              fractions=(0.34, 0.33, 0.33), crop_size=8, crop_context=1.0)
+    assert [partial["splits"][s]["images"] for s in ("train", "val", "test")] == [3, 3, 3]

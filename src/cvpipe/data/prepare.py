@@ -158,9 +158,13 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
     """Split, letterbox and write the arrays; returns (and writes) ``meta.json``."""
     out_dir = Path(out_dir)
     images = dataset.images.copy()
-    if images["split"].isin(SPLITS).all():
+    given = images["split"].where(images["split"].isin(SPLITS))
+    if given.notna().all() and set(given) == set(SPLITS):
         log.info("keeping the splits given by the source")
     else:
+        if given.notna().any():  # e.g. only train/val: evaluation and tuning need all three
+            log.warning("the source gives splits %s for %d of %d images, not all of train/val/test: drawing a "
+                        "seeded split instead", sorted(set(given.dropna())), int(given.notna().sum()), len(images))
         assignment = split_image_ids(images["image_id"].tolist(), seed=seed, fractions=fractions)
         images["split"] = images["image_id"].map(assignment)
     counts = {}
