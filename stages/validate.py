@@ -26,9 +26,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, required=True, help="canonical dataset (COCO JSON)")
     parser.add_argument("--report", type=Path, required=True, help="validation report (JSON)")
-    parser.add_argument("--report-md", type=Path, required=True, help="validation report (Markdown)")
-    parser.add_argument("--quarantine", type=Path, required=True, help="quarantine list (CSV: file, rule, value)")
+    parser.add_argument("--report-md", type=Path, help="validation report (Markdown); default: beside --report")
+    parser.add_argument("--quarantine", type=Path, help="quarantine list (CSV: file, rule, value); default: beside --out")
     args = parser.parse_args()
+    args.report_md = args.report_md or args.report.with_suffix(".md")
+    args.quarantine = args.quarantine or args.out.parent / "quarantine.csv"
     params = load_params(args.params)
     data = DataConfig.from_params(params)
     config = from_section(ValidateConfig, params.get("validate"), "validate")
