@@ -224,3 +224,18 @@ def test_prepare_keeps_complete_source_splits_and_redraws_partial_ones(tmp_path)
     partial = prepare_dataset(import_dataset("voc", tmp_path), tmp_path / "partial", seed=0, image_size=16,
                               fractions=(0.34, 0.33, 0.33), crop_size=8, crop_context=1.0)
     assert [partial["splits"][s]["images"] for s in ("train", "val", "test")] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_seeded_split_keeps_byte_identical_files_together(tmp_path, seed):
+    names = [f"im{i:02d}.png" for i in range(12)]
+    for i, name in enumerate(names):
+        write_image(tmp_path / "JPEGImages" / name, 16, 16, seed=i % 8)  # im08..im11 copy im00..im03
+    _voc(tmp_path, {n: [("a", (1, 1, 8, 8))] for n in names}, {n: (16, 16) for n in names})
+    prepare_dataset(import_dataset("voc", tmp_path), tmp_path / "p", seed=seed, image_size=16,
+                    fractions=(0.34, 0.33, 0.33), crop_size=8, crop_context=1.0)
+    split_of = {im["file_name"]: split for split in ("train", "val", "test")
+                for im in json.loads((tmp_path / "p" / split / "instances.json").read_text())["images"]}
+    assert len(split_of) == 12
+    for k in range(4):
+        assert split_of[f"im{k:02d}.png"] == split_of[f"im{k + 8:02d}.png"], k

@@ -91,6 +91,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def identical_file_groups(image_root: Path, images: pd.DataFrame) -> dict[int, int]:
+    """image_id → the smallest image_id with the same file content (itself when the file is unique)."""
+    first: dict[str, int] = {}
+    groups = {}
+    for image_id, name in sorted(zip(images["image_id"].astype(int), images["file_name"])):
+        groups[image_id] = first.setdefault(_sha256(image_root / name), image_id)
+    copies = sum(g != i for i, g in groups.items())
+    if copies:
+        log.info("%d images are byte-identical copies of others; each stays in its original's split", copies)
+    return groups
+
+
 def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *, image_size: int,
                    crop_size: int, crop_context: float, split: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
@@ -165,8 +177,10 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
         if given.notna().any():  # e.g. only train/val: evaluation and tuning need all three
             log.warning("the source gives splits %s for %d of %d images, not all of train/val/test: drawing a "
                         "seeded split instead", sorted(set(given.dropna())), int(given.notna().sum()), len(images))
-        assignment = split_image_ids(images["image_id"].tolist(), seed=seed, fractions=fractions)
-        images["split"] = images["image_id"].map(assignment)
+        # byte-identical files (web-scraped sets have them) go to one split together: no train/test leakage
+        groups = identical_file_groups(dataset.image_root, images)
+        assignment = split_image_ids(sorted(set(groups.values())), seed=seed, fractions=fractions)
+        images["split"] = images["image_id"].map(groups).map(assignment)
     counts = {}
     for split in SPLITS:
         part = images[images["split"] == split].sort_values("image_id")
