@@ -50,7 +50,8 @@ def bench_loading(prepared: Path, raw_images: Path, batch: int) -> list[tuple[st
 def bench_model(name: str, params: dict, prepared: Path, runtime, steps: int) -> list[tuple[str, str]]:
     from cvpipe.models.registry import build_criterion, build_detector
     from cvpipe.tasks.classification import build_classifier
-    from cvpipe.config import ClassifierConfig, DetectorConfig, model_task
+    from cvpipe.config import ClassifierConfig, model_task
+    from cvpipe.runners import runner_for
 
     meta = load_meta(prepared)
     task = model_task(params, name)
@@ -60,16 +61,29 @@ def bench_model(name: str, params: dict, prepared: Path, runtime, steps: int) ->
         data = np.asarray(load_array(prepared, "train", "crops")[: config.batch_size])
         labels = torch.as_tensor(np.asarray(load_array(prepared, "train", "crop_labels")[: config.batch_size]))
         loss_of = lambda out: torch.nn.functional.cross_entropy(out.float(), labels.to(runtime.device))  # noqa: E731
-    else:
-        config = DetectorConfig.from_params(params, name).train
+    elif task == "segmentation":
+        from cvpipe.losses.segmentation import SegmentationLoss
+        from cvpipe.runners.segmentation import _build, _class_names
+        from cvpipe.data.segmentation_dataset import SegmentationDataset
+
+        config = runner_for(task).load_config(params, name).train
+        model = _build(config.arch, meta, config.binary, config.model)
+        criterion = SegmentationLoss(num_classes=len(_class_names(meta, config.binary)), binary=config.binary,
+                                     **config.loss)
+        dataset = SegmentationDataset.from_prepared(prepared, "train", binary=config.binary)
+        data = np.asarray(dataset.images[: config.batch_size])
+        masks = torch.stack([dataset[i][1] for i in range(len(data))]).to(runtime.device)
+        loss_of = lambda out: criterion(out.float(), masks)["loss"]  # noqa: E731
+    else:  # detection and instance segmentation: the training dataset's targets (masks for mask models)
+        from cvpipe.data.detection_dataset import DetectionDataset
+
+        config = runner_for(task).load_config(params, name).train
         model = build_detector(config.arch, meta, config.model)
         criterion = build_criterion(config.arch, model, config.loss).to(runtime.device)
-        data = np.asarray(load_array(prepared, "train", "images")[: config.batch_size])
-        offsets = load_array(prepared, "train", "box_offsets")
-        boxes, box_labels = load_array(prepared, "train", "boxes"), load_array(prepared, "train", "box_labels")
-        targets = [{"boxes": torch.as_tensor(np.array(boxes[offsets[i]:offsets[i + 1]])).to(runtime.device),
-                    "labels": torch.as_tensor(np.array(box_labels[offsets[i]:offsets[i + 1]])).to(runtime.device)}
-                   for i in range(len(data))]
+        dataset = DetectionDataset.from_prepared(prepared, "train",
+                                                 with_masks=bool(getattr(model, "predicts_masks", False)))
+        data = np.asarray(dataset.images[: config.batch_size])
+        targets = [{k: v.to(runtime.device) for k, v in dataset.target(i).items()} for i in range(len(data))]
         loss_of = lambda out: criterion(out, targets)["loss"]  # noqa: E731
     model = runtime.prepare_model(model)
     x = runtime.prepare_input(to_model_input(data))
