@@ -157,7 +157,8 @@ def save_segmentation_overlays(images: np.ndarray, targets: np.ndarray, predicti
 
 
 def save_instance_overlays(images: np.ndarray, ground_truth: Sequence[np.ndarray], predictions: Sequence[dict],
-                           class_names: Sequence[str], path: str | Path) -> None:
+                           class_names: Sequence[str], path: str | Path,
+                           title: str = "instances: one colour per object") -> None:
     """Rows of image | ground-truth instances | predicted instances, one colour per instance (so two touching
     objects of the same class show as two colours), predicted masks labelled with class and score.
 
@@ -187,7 +188,7 @@ def save_instance_overlays(images: np.ndarray, ground_truth: Sequence[np.ndarray
             if len(xs):
                 axes[i, 2].text(xs.min(), ys.min(), f"{class_names[int(label)]} {float(score):.2f}", color="white",
                                 fontsize=5, bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.3, "lw": 0})
-    fig.suptitle("instances: one colour per object", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

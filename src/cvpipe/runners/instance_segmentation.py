@@ -107,7 +107,8 @@ def evaluate(config: InstanceSegmenterConfig, *, prepared: Path, model_dir: Path
         predictions.append({"masks": decode_rles([r for r, k in zip(inst["segmentations"], keep) if k], size),
                             "labels": inst["labels"][keep], "scores": inst["scores"][keep]})
     save_instance_overlays(np.asarray(images[:shown]), [decode_rles(t["rles"], size) for t in truth[:shown]],
-                           predictions, meta["class_names"], out / "overlays.png")
+                           predictions, meta["class_names"], out / "overlays.png",
+                           title="instances, one colour per object (predictions with score ≥ 0.3, masks at 0.5)")
     per_class = [{**m, "box_ap50_95": b["ap50_95"], "box_ap50": b["ap50"]}
                  for m, b in zip(segm["per_class"], bbox["per_class"])]
     paths = [write_json(report_dir / "metrics.json", metrics), write_json(out / "per_class.json", per_class),
