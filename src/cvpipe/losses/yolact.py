@@ -55,9 +55,11 @@ class YolactLoss(YoloLoss):
     def mask_term(self, protos: torch.Tensor, coeffs: torch.Tensor, targets: list[dict[str, torch.Tensor]],
                   batch_idx: torch.Tensor, loc_idx: torch.Tensor, gt_idx: torch.Tensor) -> torch.Tensor:
         """L_mask of the module docstring. protos [B, k, H_p, W_p], coeffs [B, A, k]; positives as index tensors."""
-        has_mask = torch.stack([targets[b]["has_mask"][g] for b, g in zip(batch_idx.tolist(), gt_idx.tolist())]) \
-            if len(batch_idx) else torch.zeros(0, dtype=torch.bool)
-        keep = torch.nonzero(has_mask.to(batch_idx.device)).squeeze(1)
+        flags = torch.zeros(len(targets), max([1] + [len(t["has_mask"]) for t in targets]), dtype=torch.bool,
+                            device=batch_idx.device)  # [B, N] padded "this instance has a mask"
+        for i, target in enumerate(targets):
+            flags[i, : len(target["has_mask"])] = target["has_mask"]
+        keep = torch.nonzero(flags[batch_idx, gt_idx]).squeeze(1)
         if len(keep) > self.max_mask_positives:
             keep = keep[torch.randperm(len(keep), device=keep.device)[: self.max_mask_positives]]
         if len(keep) == 0:
