@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stage commands in dvc.yaml call `python`; this makes it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv pipeline pipeline-gpu test test-fast bench ui clean
+.PHONY: venv pipeline pipeline-gpu test test-fast bench ui retrain clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ bench: venv
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_import.py
 
+# The MLflow UI on localhost over the project's store (`make ui MLFLOW_PORT=5001` for another port).
+MLFLOW_PORT ?= 5000
 ui: venv
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# For schedulers: re-run the pipeline when data/params changed, promote, print one line (see deploy/).
+retrain: venv
+	$(BIN)/cvpipe retrain --repo $(CURDIR)
 
 clean:
 	rm -rf data/raw data/validated data/prepared models reports dvc.lock

@@ -22,7 +22,7 @@ def main() -> None:
         test_metrics = json.loads((stage.report_dir / "metrics.json").read_text())
         version = tracking.register_onnx_model(
             stage.model_dir / "model.onnx", registered_name=name,
-            input_example=stage.runner.onnx_input_example(stage.prepared),
+            input_example=stage.runner.onnx_input_example(stage.prepared), task=stage.task,
             tags={"git_commit": run.data.tags.get("git_commit", "unknown"),
                   "data_hash": run.data.tags.get("data_hash", "unknown"), "task": stage.task,
                   **{f"test_{k}": str(v) for k, v in test_metrics.items()}})

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -91,7 +92,12 @@ def test_mlflow_holds_one_run_with_the_whole_story(pipeline_repo):
     version = client.get_model_version_by_alias("cvpipe-classifier", "challenger")
     assert version.run_id == run.info.run_id
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    assert mlflow.onnx.load_model("models:/cvpipe-classifier@challenger").graph.input[0].name == "images"
+    champion = mlflow.pyfunc.load_model("models:/cvpipe-classifier@champion")  # first model: promoted
+    assert champion.metadata.run_id == run.info.run_id
+    assert len(champion.predict(np.load(repo / "data/prepared/test/crops.npy")[:3])) == 3
+    # All models of one `dvc repro` share one pipeline_run tag (the UI's filter for one execution).
+    assert len({r.data.tags["pipeline_run"] for r in runs.values()}) == 1
+    assert run.data.tags["pipeline_run"].startswith("repro-")
 
 
 def test_every_model_gets_its_task_metrics_and_a_passing_parity_gate(pipeline_repo):

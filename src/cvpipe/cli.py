@@ -5,6 +5,11 @@ file against COCO ground truth with :func:`cvpipe.metrics.detection.coco_evaluat
 evaluate stage), prints pycocotools' twelve summary lines and a per-class AP table, and with ``--json``
 writes the same numbers as JSON. Faults in the user's files end with a one-line message naming the file
 and exit status 2, never a traceback.
+
+``cvpipe retrain [--repo DIR] [--wait SECONDS]`` is the scheduled-retraining entry point
+(:mod:`cvpipe.lifecycle.retrain`): re-runs the pipeline only when ``dvc status`` reports a change, lets the
+promote stages decide champion vs challenger, prints one summary line and exits 0; exit 75 (EX_TEMPFAIL) when
+another retrain holds the lock, 1 when the pipeline fails.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from cvpipe.metrics.detection import IOU_TYPES, check_gt, check_predictions, coco_evaluate
 
 EXIT_USER_ERROR = 2  # the same status argparse uses for a bad command line
+EXIT_BUSY = 75  # sysexits.h EX_TEMPFAIL: another retrain is running, try again later
 
 
 class UserError(Exception):
@@ -70,6 +76,25 @@ def _coco_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    import logging
+
+    from cvpipe.lifecycle.retrain import RetrainBusy, RetrainFailed, retrain
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        result = retrain(args.repo, wait_s=args.wait)
+    except RetrainBusy as exc:
+        sys.stdout.write(f"busy: {exc}\n")
+        return EXIT_BUSY
+    except RetrainFailed as exc:
+        sys.stderr.write(f"cvpipe retrain: error: {exc}\n")
+        return 1
+    sys.stdout.write(result.summary + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvpipe", description="cvpipe command-line tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     coco.add_argument("--iou-type", choices=IOU_TYPES, default="bbox", help="box or mask IoU (default: bbox)")
     coco.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the metrics as JSON")
     coco.set_defaults(func=_coco_eval)
+    retrain = sub.add_parser("retrain", help="re-run the pipeline if data/params changed, then promote (for schedulers)")
+    retrain.add_argument("--repo", type=Path, default=Path("."), help="the project's DVC repository (default: .)")
+    retrain.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                         help="wait this long for a running retrain to finish (default 0: exit 75 at once)")
+    retrain.set_defaults(func=_retrain)
     return parser
 
 

@@ -7,7 +7,13 @@
   on the runs table.
 - One run per model per pipeline execution: ``train`` opens it, writes its id to a file (a DVC out), and
   evaluate, tune and export continue the same run.
-- Tags on every run: git commit, dirty flag, prepared-data hash, model name, task, device.
+- Tags on every run: git commit, dirty flag, prepared-data hash, model name, task, device; and, so the UI can
+  line up experiments and filter one pipeline execution: ``pipeline_run`` (one id shared by every model of one
+  ``dvc repro`` / ``dvc exp run``), ``dvc_exp_name`` (inside ``dvc exp run``) and ``changed_params`` (the params
+  that differ from the baseline commit's params.yaml, ``key=value`` joined by ``, ``).
+- Registry: each export logs a pyfunc (:mod:`cvpipe.serving`, the ONNX file with its pre- and post-processing)
+  and registers it as a new version of ``<prefix>-<model>`` with alias ``challenger``; the promote step moves
+  ``champion`` (:mod:`cvpipe.lifecycle.promote`).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import json
 import logging
 import os
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+PIPELINE_RUN_ENV = "CVPIPE_PIPELINE_RUN"  # set by `cvpipe retrain`; else derived from DVC (see pipeline_run_id)
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -101,14 +110,79 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _dvc_ancestor() -> tuple[int, float] | None:
+    """(pid, start time in seconds since the epoch) of the nearest ancestor ``dvc`` process (Linux /proc)."""
+    try:
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        ticks = os.sysconf("SC_CLK_TCK")
+        pid = os.getppid()
+        while pid > 1:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+            if any(Path(a.decode(errors="replace")).name == "dvc" for a in argv[:2]) and \
+                    any(a in (b"repro", b"exp") for a in argv):
+                return pid, boot + int(fields[19]) / ticks  # field 22 of stat: start time in clock ticks
+            pid = int(fields[1])
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+    return None
+
+
+def pipeline_run_id() -> str:
+    """One id for every model run of one pipeline execution, so the UI can filter them (``tags.pipeline_run``).
+
+    ``$CVPIPE_PIPELINE_RUN`` when set; inside ``dvc exp run`` the experiment's name; under ``dvc repro`` the
+    repro process (start time and pid, shared by all its stages); else a fresh id (the run stands alone).
+    """
+    if os.environ.get(PIPELINE_RUN_ENV):
+        return os.environ[PIPELINE_RUN_ENV]
+    if os.environ.get("DVC_EXP_NAME"):
+        return f"exp-{os.environ['DVC_EXP_NAME']}"
+    ancestor = _dvc_ancestor()
+    if ancestor is not None:
+        pid, started = ancestor
+        return f"repro-{time.strftime('%Y%m%dT%H%M%S', time.localtime(started))}-{pid}"
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
+def changed_params(params_file: str | Path = "params.yaml") -> dict[str, str]:
+    """Flat params that differ from the baseline commit's ``params.yaml`` (DVC's experiment baseline inside
+    ``dvc exp run``, else HEAD); {} outside git or when nothing changed."""
+    import yaml
+
+    params_file = Path(params_file)
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    try:
+        old_text = subprocess.run(["git", "show", f"{baseline}:./{params_file.name}"], cwd=params_file.parent or ".",
+                                  capture_output=True, text=True, check=True).stdout
+        old, new = flatten(yaml.safe_load(old_text) or {}), flatten(yaml.safe_load(params_file.read_text()) or {})
+    except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
+        return {}
+    return {k: v for k, v in sorted(new.items()) if old.get(k) != v}
+
+
+def execution_tags(params_file: str | Path = "params.yaml") -> dict[str, str]:
+    """``pipeline_run``, ``changed_params`` and (in ``dvc exp run``) ``dvc_exp_name`` / ``dvc_exp_baseline``."""
+    changed = changed_params(params_file)
+    tags = {"pipeline_run": pipeline_run_id(),
+            "changed_params": ", ".join(f"{k}={v}" for k, v in changed.items()) or "none"}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+        tags["dvc_exp_baseline"] = os.environ.get("DVC_EXP_BASELINE_REV", "unknown")
+    return tags
+
+
 def start_model_run(*, experiment: str, model: str, task: str, params: dict[str, Any], data_hash: str,
-                    device: str) -> str:
+                    device: str, params_file: str | Path = "params.yaml") -> str:
     """Open the model's run for this pipeline execution; returns its id."""
     import mlflow
 
     configure()
     experiment_id = get_or_create_experiment(experiment)
-    tags = {"model": model, "task": task, "data_hash": data_hash, "device": device, **git_state()}
+    tags = {"model": model, "task": task, "data_hash": data_hash, "device": device, **git_state(),
+            **execution_tags(params_file)}
     with mlflow.start_run(experiment_id=experiment_id, run_name=model, tags=tags) as run:
         mlflow.log_params(flatten(params))
         return run.info.run_id
@@ -145,19 +219,32 @@ def log_outcome(metrics: dict[str, float], artifacts: list[Path], artifact_dir: 
 
 
 def register_onnx_model(onnx_path: str | Path, *, registered_name: str, input_example: Any,
-                        tags: dict[str, str], alias: str = "challenger") -> str:
-    """Log the ONNX file as an MLflow model on the active run, register a new version, set ``alias``.
+                        tags: dict[str, str], alias: str = "challenger", task: str | None = None) -> str:
+    """Log the ONNX file as an MLflow pyfunc model (:class:`cvpipe.serving.OnnxVisionModel`: the ONNX graph with its
+    pre- and post-processing and tuned thresholds) on the active run, register a new version, set ``alias``.
 
-    Returns the version number; load it with ``mlflow.onnx.load_model(f"models:/{name}@{alias}")``.
+    ``input_example``: images, uint8 [N, H, W, 3], or the ONNX graph's float32 [N, 3, H, W] 0..255 input (turned
+    back into images). ``task`` defaults to ``tags["task"]``. Returns the version number; load it with
+    ``mlflow.pyfunc.load_model(f"models:/{name}@{alias}")``.
     """
     import mlflow
-    import mlflow.onnx
-    import onnx
+    import mlflow.pyfunc
+    import numpy as np
     from mlflow.tracking import MlflowClient
 
-    info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="onnx_model", input_example=input_example,
-                                 registered_model_name=registered_name,
-                                 onnx_execution_providers=["CPUExecutionProvider"])
+    import cvpipe
+    from cvpipe import serving
+
+    task = task or tags["task"]
+    example = np.asarray(input_example)
+    if example.ndim == 4 and example.shape[1] == 3 and example.dtype != np.uint8:
+        example = example.transpose(0, 2, 3, 1).round().clip(0, 255).astype(np.uint8)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(Path(serving.__file__).with_name("serving_model.py")),
+        model_config={"task": task}, artifacts={"onnx": str(onnx_path)},
+        signature=serving.signature(task), input_example=example, pip_requirements=serving.pip_requirements(),
+        code_paths=[str(Path(cvpipe.__file__).parent)], registered_model_name=registered_name,
+        tags={"task": task})
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in tags.items():

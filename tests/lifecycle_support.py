@@ -1,0 +1,142 @@
+"""Helpers of the lifecycle tests: a git copy of the repository with tiny params, and command runners."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.email=ci@cvpipe", "-c", "user.name=ci"]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True,
+        timeout: float | None = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test interpreter's environment without MLflow/DVC overrides, its venv first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "CVPIPE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def tiny_params(params: dict, models: list[str]) -> dict:
+    """40 images of 64 px, one epoch, ``models`` only, few latency runs and bootstrap resamples."""
+    params["pipeline"]["models"] = list(models)
+    params["data"]["shapes"].update(num_images=40, image_size=64, max_objects=4, min_object_size=12,
+                                    max_object_size=28)
+    params["prepare"].update(image_size=64, crop_size=32)
+    params["models"]["classifier"]["train"].update(epochs=1, width=8)
+    for name in models:
+        params["models"][name]["train"]["epochs"] = 1
+    params["export"].update(latency_runs=2, parity_images=16)
+    params["promote"].update(resamples=50, latency_runs=3)
+    return params
+
+
+# The lifecycle's own files, taken from the working tree over the committed tree (see tiny_repo).
+LIFECYCLE_PATHS = ("src/cvpipe/lifecycle", "src/cvpipe/serving.py", "src/cvpipe/tracking.py", "src/cvpipe/export.py",
+                   "src/cvpipe/cli.py", "stages/promote.py", "stages/export.py", "dvc.yaml", "params.yaml", "Makefile",
+                   "deploy")
+
+
+def tiny_repo(dest: Path, models: list[str], env: dict[str, str]) -> Path:
+    """A committed git repository at ``dest`` with :func:`tiny_params`: the files of HEAD, with the lifecycle's
+    own paths from the working tree on top. (On a fresh clone that is the working tree; in a shared checkout it
+    keeps other people's half-done edits out of these tests.)"""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    for name in LIFECYCLE_PATHS:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    params = tiny_params(yaml.safe_load((dest / "params.yaml").read_text()), models)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest, env)
+    run([*GIT, "add", "-A"], dest, env)
+    run([*GIT, "commit", "-qm", "tiny"], dest, env)
+    return dest
+
+
+def set_param(repo: Path, dotted: str, value: object) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def apt_install(package: str, binary_check: "callable") -> str | None:
+    """Install a Debian package when ``binary_check()`` finds nothing; returns why it cannot, or None on success."""
+    if binary_check():
+        return None
+    if not shutil.which("apt-get"):
+        return f"{package} is not installed and there is no apt-get to install it"
+    if os.geteuid() != 0:
+        return f"{package} is not installed and apt-get needs root (uid {os.geteuid()})"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for args in (["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                 ["apt-get", "update", "-qq"],
+                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]):
+        try:
+            result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            return f"`{' '.join(args)}` timed out"
+        if args[1] == "install" and result.returncode == 0 and binary_check():
+            return None
+    return f"apt-get install {package} failed: {result.stderr.strip()[-500:]}"
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's exit status if it dies first."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"server exited with status {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate a server started by a test (its own process group), then kill it if it lingers."""
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

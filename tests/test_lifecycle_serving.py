@@ -1,0 +1,99 @@
+"""The registered pyfunc's pre- and post-processing (cvpipe.serving) on hand-built ONNX graphs with known outputs:
+letterboxing in, boxes and masks mapped back to the caller's pixels, tuned thresholds and their overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvpipe.serving import OnnxVisionModel, signature
+
+SIZE = 32
+
+
+def _constant_graph(path: Path, outputs: dict[str, np.ndarray], metadata: dict) -> Path:
+    """images float [B, 3, SIZE, SIZE] → each output = 0 × mean(images) + constant (broadcast over the batch)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=1),  # [B, 1, 1, 1]
+             helper.make_node("Mul", ["mean", "zero"], ["zeros4"])]
+    inits = [numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "zero")]
+    graph_outputs = []
+    for name, value in outputs.items():
+        value = value.astype(np.float32)[None]  # [1, ...]
+        inits += [numpy_helper.from_array(value, f"{name}_const"),
+                  numpy_helper.from_array(np.array([-1] + [1] * (value.ndim - 1), np.int64), f"{name}_shape")]
+        nodes += [helper.make_node("Reshape", ["zeros4", f"{name}_shape"], [f"{name}_zeros"]),
+                  helper.make_node("Add", [f"{name}_zeros", f"{name}_const"], [name])]
+        graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *value.shape[1:]]))
+    graph = helper.make_graph(nodes, "constant", [helper.make_tensor_value_info(
+        "images", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])], graph_outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_detection_keeps_tuned_detections_and_maps_boxes_back_through_the_letterbox(tmp_path):
+    boxes = np.array([[2, 4, 10, 12], [2, 4, 10, 12.5], [16, 16, 30, 24]], np.float32)  # [A, 4] xyxy px
+    scores = np.array([[0.9, 0.05], [0.8, 0.1], [0.2, 0.6]], np.float32)  # [A, K]
+    path = _constant_graph(tmp_path / "det.onnx", {"boxes": boxes, "scores": scores},
+                           {"class_names": ["cat", "dog"], "uses_nms": True, "score_threshold": 0.5,
+                            "nms_iou_threshold": 0.5, "max_detections": 100})
+    model = OnnxVisionModel()
+    model.load_onnx(path, task="detection")
+    same = model.predict(None, np.zeros((2, SIZE, SIZE, 3), np.uint8))
+    assert len(same) == 2
+    assert same.boxes[0] == [[2.0, 4.0, 10.0, 12.0], [16.0, 16.0, 30.0, 24.0]]  # NMS drops the overlapping box
+    assert same.scores[0] == pytest.approx([0.9, 0.6]) and same.labels[0] == [0, 1]
+    assert same.class_names[1] == ["cat", "dog"]
+    # A 64 × 48 image is letterboxed at scale 0.5: boxes come back in its own pixels.
+    wide = model.predict(None, np.zeros((1, 48, 64, 3), np.uint8))
+    assert wide.boxes[0] == [[4.0, 8.0, 20.0, 24.0], [32.0, 32.0, 60.0, 48.0]]
+    looser = model.predict(None, np.zeros((1, SIZE, SIZE, 3), np.uint8),
+                           params={"score_threshold": 0.15, "nms_iou_threshold": 0.99})
+    assert len(looser.scores[0]) == 4
+
+
+def test_segmentation_applies_the_tuned_cleaning_and_returns_label_maps_at_input_size(tmp_path):
+    logits = np.full((3, SIZE, SIZE), -5.0, np.float32)
+    logits[0] = 5.0  # background everywhere ...
+    logits[1, 4:20, 4:20], logits[0, 4:20, 4:20] = 9.0, 0.0  # ... but a 16 × 16 square of class 1
+    logits[2, 28:30, 28:30], logits[0, 28:30, 28:30] = 9.0, 0.0  # and a 2 × 2 speck of class 2
+    path = _constant_graph(tmp_path / "seg.onnx", {"logits": logits},
+                           {"class_names": ["a", "b"], "binary": False, "mask_threshold": None, "min_area": 10,
+                            "fill_holes": False})
+    model = OnnxVisionModel()
+    model.load_onnx(path, task="segmentation")
+    labels = model.predict(None, np.zeros((2, SIZE, SIZE, 3), np.uint8))
+    assert labels.shape == (2, SIZE, SIZE) and labels.dtype == np.int64
+    assert (labels[0, 4:20, 4:20] == 1).all() and labels.sum() == 2 * 16 * 16  # the speck is below min_area
+    raw = model.predict(None, np.zeros((1, SIZE, SIZE, 3), np.uint8), params={"min_area": 0})
+    assert (raw[0, 28:30, 28:30] == 2).all()
+    tall = model.predict(None, np.zeros((1, 64, 32, 3), np.uint8))  # letterboxed at 0.5 into the left half
+    assert tall.shape == (1, 64, 32) and (tall[0, 8:40, 8:32] == 1).all() and tall.sum() == 32 * 24
+    # A task without post-processing here is served as the graph's raw outputs.
+    model.load_onnx(path, task="instance_segmentation")
+    raw = model.predict(None, np.zeros((2, SIZE, SIZE, 3), np.uint8))
+    assert list(raw) == ["logits"] and np.array_equal(raw["logits"][1], logits)
+
+
+def test_bad_inputs_are_named_and_the_signature_states_the_contract():
+    model = OnnxVisionModel()
+    with pytest.raises(ValueError, match="uint8"):
+        model.predict(None, np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
+        model.predict(None, np.zeros((1, 3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="non-empty task"):
+        model.load_onnx("unused.onnx", task="")
+    sig = signature("detection")
+    assert sig.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, -1, -1, 3)}
+    assert sig.outputs.input_names() == ["boxes", "scores", "labels", "class_names"]
+    assert {p.name for p in sig.params} == {"score_threshold", "nms_iou_threshold", "max_detections"}
