@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="canonical dataset (COCO JSON)")
     parser.add_argument("--report", type=Path, required=True, help="validation report (JSON)")
     parser.add_argument("--report-md", type=Path, help="validation report (Markdown); default: beside --report")
-    parser.add_argument("--quarantine", type=Path, help="quarantine list (CSV: file, rule, value); default: beside --out")
+    parser.add_argument("--quarantine", type=Path,
+                        help="quarantine list (CSV: file, rule, value); default: beside --out")
     args = parser.parse_args()
     args.report_md = args.report_md or args.report.with_suffix(".md")
     args.quarantine = args.quarantine or args.out.parent / "quarantine.csv"

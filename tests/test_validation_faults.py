@@ -17,7 +17,7 @@ from PIL import Image
 from cvpipe.data.importers import export_voc, import_dataset
 from cvpipe.data.image_files import TRANSPOSE, open_rgb, orient_boxes
 from cvpipe.data.prepare import prepare_dataset
-from cvpipe.data.validation import quarantine, validate_dataset
+from cvpipe.data.validation import validate_dataset
 from data_fixtures import broken, subset, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_exif_rotated_jpeg_gets_its_boxes_turned_with_its_pixels(tmp_path):
 def test_corrupt_files_size_mismatch_clip_and_leakage(tmp_path):
     sizes = {}
     for i, name in enumerate(["ok.jpg", "cut.jpg", "junk.png", "wide.jpg", "copy_a.jpg", "copy_b.jpg"]):
-        path = write_image(tmp_path / "JPEGImages" / name, 32, 24, seed=0 if name.startswith("copy") else i + 1)
+        write_image(tmp_path / "JPEGImages" / name, 32, 24, seed=0 if name.startswith("copy") else i + 1)
         sizes[name] = (32, 24)
     data = (tmp_path / "JPEGImages" / "cut.jpg").read_bytes()
     (tmp_path / "JPEGImages" / "cut.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG

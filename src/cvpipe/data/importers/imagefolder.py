@@ -78,7 +78,8 @@ def import_csv(path: str | Path, *, file: str = "labels.csv", images: str = ".",
     return builder.build(image_root, {"source": "csv", "path": str(csv_path)})
 
 
-def _crops(dataset: CanonicalDataset, out_dir: Path, folder_of: Callable[[str, str | None], str]) -> list[tuple[str, str, str | None]]:
+def _crops(dataset: CanonicalDataset, out_dir: Path,
+           folder_of: Callable[[str, str | None], str]) -> list[tuple[str, str, str | None]]:
     """One PNG per non-crowd annotation: the box region of the upright image. Returns (file, class, split)."""
     names = class_name_of(dataset)
     anns = annotations_by_image(dataset)
