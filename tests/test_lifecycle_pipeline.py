@@ -170,7 +170,7 @@ def test_make_ui_shows_runs_metrics_and_plots_in_headless_chromium(retrained, tm
         client = _client(repo)
         experiment = client.get_experiment_by_name("cvpipe")
         runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-        first = runs[0]
+        first = next(r for r in runs if r.info.run_name == "classifier")
         browser = _chromium()
 
         table = _text(_dump_dom(browser, f"{base}/#/experiments/{experiment.experiment_id}/runs", tmp_path / "p1"))
