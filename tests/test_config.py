@@ -9,9 +9,13 @@ META = {"class_names": ["a", "b"], "mean": [0.5] * 3, "std": [0.2] * 3}
 
 
 def test_shipped_params_load_into_typed_configs():
+    from cvpipe.runners import RUNNERS, runner_for
+
     params = load_params("params.yaml")
     for name in params["pipeline"]["models"]:
-        assert params["models"][name]["task"] in ("classification", "detection", "segmentation")
+        task = params["models"][name]["task"]
+        assert task in RUNNERS
+        runner_for(task).load_config(params, name)  # every section typed; unknown keys would raise
     assert ClassifierConfig.from_params(params, "classifier").tune.target_precision > 0
 
 

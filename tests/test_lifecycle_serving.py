@@ -80,9 +80,39 @@ def test_segmentation_applies_the_tuned_cleaning_and_returns_label_maps_at_input
     tall = model.predict(None, np.zeros((1, 64, 32, 3), np.uint8))  # letterboxed at 0.5 into the left half
     assert tall.shape == (1, 64, 32) and (tall[0, 8:40, 8:32] == 1).all() and tall.sum() == 32 * 24
     # A task without post-processing here is served as the graph's raw outputs.
-    model.load_onnx(path, task="instance_segmentation")
+    model.load_onnx(path, task="keypoints")
     raw = model.predict(None, np.zeros((2, SIZE, SIZE, 3), np.uint8))
     assert list(raw) == ["logits"] and np.array_equal(raw["logits"][1], logits)
+
+
+def test_instance_segmentation_returns_one_rle_per_instance_on_the_callers_grid(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    left = np.zeros((SIZE, SIZE), np.float32)
+    left[8:20, 4:16] = 1
+    right = np.zeros((SIZE, SIZE), np.float32)
+    right[8:20, 16:28] = 1
+    protos = np.stack([left, right]) * 8 - 4  # ±4 logits, prototypes at the input resolution
+    boxes = np.array([[4, 8, 16, 20], [16, 8, 28, 20], [0, 0, 4, 4]], np.float32)
+    scores = np.array([[0.9], [0.8], [0.1]], np.float32)  # two touching squares of one class, one weak candidate
+    coeffs = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    path = _constant_graph(tmp_path / "inst.onnx", {"boxes": boxes, "scores": scores, "mask_coeffs": coeffs,
+                                                    "protos": protos},
+                           {"class_names": ["square"], "score_threshold": 0.5, "nms_iou_threshold": 0.5,
+                            "max_detections": 100, "mask_threshold": 0.5})
+    model = OnnxVisionModel()
+    model.load_onnx(path, task="instance_segmentation")
+    out = model.predict(None, np.zeros((1, SIZE, SIZE, 3), np.uint8))
+    assert out.labels[0] == [0, 0] and out.class_names[0] == ["square", "square"]
+    masks = mask_utils.decode([{"size": r["size"], "counts": r["counts"].encode()} for r in out.masks[0]])
+    assert np.array_equal(masks[..., 0], left.astype(np.uint8)) and np.array_equal(masks[..., 1], right.astype(np.uint8))
+    # a 64 × 64 input is scaled by 0.5 into the model: boxes and masks come back at 64 × 64
+    big = model.predict(None, np.zeros((1, 2 * SIZE, 2 * SIZE, 3), np.uint8))
+    assert big.boxes[0][0] == [8.0, 16.0, 32.0, 40.0] and big.masks[0][0]["size"] == [2 * SIZE, 2 * SIZE]
+    big_left = mask_utils.decode({"size": big.masks[0][0]["size"], "counts": big.masks[0][0]["counts"].encode()})
+    assert big_left.sum() == 4 * left.sum() and big_left[16:40, 8:32].all()
+    assert len(model.predict(None, np.zeros((1, SIZE, SIZE, 3), np.uint8), params={"score_threshold": 0.05}).masks[0]) == 3
+    assert signature("instance_segmentation").outputs.input_names()[-1] == "masks"
 
 
 def test_bad_inputs_are_named_and_the_signature_states_the_contract():

@@ -104,7 +104,8 @@ def test_every_model_gets_its_task_metrics_and_a_passing_parity_gate(pipeline_re
     repo, _ = pipeline_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
     expected = {"classification": {"top1", "top5"}, "detection": {"map50", "map50_95", "map75", "ar100"},
-                "segmentation": {"miou", "dice", "pixel_accuracy"}}
+                "segmentation": {"miou", "dice", "pixel_accuracy"},
+                "instance_segmentation": {"mask_map50", "mask_map50_95", "map50", "map50_95"}}
     for name in params["pipeline"]["models"]:
         task = params["models"][name]["task"]
         metrics = json.loads((repo / "reports" / name / "metrics.json").read_text())
@@ -112,6 +113,7 @@ def test_every_model_gets_its_task_metrics_and_a_passing_parity_gate(pipeline_re
         assert (repo / "models" / name / "model.onnx").is_file()
         assert json.loads((repo / "reports" / name / "tune.json").read_text())
         assert json.loads((repo / "models" / name / "registry.json").read_text())["alias"] == "challenger"
+        assert json.loads((repo / "reports" / name / "promotion.json").read_text())["reason"].startswith("first model")
 
 
 def test_second_repro_runs_nothing_and_params_change_touches_only_that_model(pipeline_repo):

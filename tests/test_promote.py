@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from cvpipe.lifecycle.bootstrap import (AccuracyScorer, CocoScorer, ConfusionScorer, paired_bootstrap)
 from cvpipe.metrics.detection import coco_evaluate
@@ -57,6 +58,36 @@ def test_coco_scorer_equals_cocoeval_on_the_split_and_on_a_resample_with_repeats
     drawn = [0, 0, 3, 5, 5, 5, 7, 2]
     sub_gt, sub_predictions = _resampled_dataset(gt, predictions, drawn)
     assert scorer(np.array(drawn)) == pytest.approx(coco_evaluate(sub_gt, sub_predictions)[metric], abs=1e-12)
+
+
+def _with_masks(gt: dict, predictions: list[dict]) -> tuple[dict, list[dict]]:
+    """The same case as instance segmentation: every box becomes an elliptic mask RLE (pixel-discretised, so mask
+    IoU differs from box IoU)."""
+    from cvpipe.data.masks import encode_mask
+
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
+
+    def rle(box: list[float]) -> dict:
+        x, y, w, h = box
+        return encode_mask(((xx - x - w / 2) / (w / 2)) ** 2 + ((yy - y - h / 2) / (h / 2)) ** 2 <= 1.0)
+
+    annotations = []
+    for a in gt["annotations"]:
+        mask = rle(a["bbox"])
+        annotations.append({**a, "segmentation": mask, "area": float(mask_utils.area(
+            {"size": mask["size"], "counts": mask["counts"].encode()}))})
+    return {**gt, "annotations": annotations}, [{**p, "segmentation": rle(p["bbox"])} for p in predictions]
+
+
+def test_coco_scorer_of_masks_equals_cocoeval_segm_with_repeats():
+    gt, predictions = _with_masks(*_detection_case(seed=1))
+    scorer = CocoScorer(gt, predictions, "map50_95", iou_type="segm")
+    assert scorer(np.arange(8)) == pytest.approx(coco_evaluate(gt, predictions, iou_type="segm")["map50_95"], abs=1e-12)
+    assert scorer(np.arange(8)) != pytest.approx(coco_evaluate(gt, predictions)["map50_95"], abs=1e-6)
+    drawn = [1, 1, 2, 6, 6, 0, 7, 7]
+    sub_gt, sub_predictions = _resampled_dataset(gt, predictions, drawn)
+    assert scorer(np.array(drawn)) == pytest.approx(
+        coco_evaluate(sub_gt, sub_predictions, iou_type="segm")["map50_95"], abs=1e-12)
 
 
 def test_confusion_scorer_equals_the_split_level_mean_iou():

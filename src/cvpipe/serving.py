@@ -16,6 +16,9 @@ and returns, per task (thresholds are the tuned ones stored in the ONNX metadata
   (:mod:`cvpipe.postprocess.detections`).
 - segmentation: int64 [N, H, W] label maps (0 = background, k = class k), after the tuned mask threshold and
   component cleaning.
+- instance_segmentation: the detection columns plus ``masks``: one COCO RLE ({"size": [H, W], "counts": str},
+  decode with ``pycocotools.mask.decode``) per instance on the input's pixel grid, after NMS and the YOLACT mask
+  assembly with the tuned mask threshold (:mod:`cvpipe.postprocess.instance_masks`).
 - any other task (no post-processing here yet): the ONNX graph's raw outputs, {output name: array}, for images
   at the model's input size.
 
@@ -36,13 +39,15 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classification", "detection", "segmentation")
+TASKS = ("classification", "detection", "segmentation", "instance_segmentation")
 # Run-time overrides accepted in ``predict(..., params=...)`` and their signature defaults (None: use the
 # tuned value from the ONNX metadata).
 PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     "classification": {"reject_threshold": -1.0},
     "detection": {"score_threshold": -1.0, "nms_iou_threshold": -1.0, "max_detections": -1},
     "segmentation": {"mask_threshold": -1.0, "min_area": -1},
+    "instance_segmentation": {"score_threshold": -1.0, "nms_iou_threshold": -1.0, "max_detections": -1,
+                              "mask_threshold": -1.0},
 }
 
 
@@ -94,6 +99,8 @@ class OnnxVisionModel(mlflow.pyfunc.PythonModel):
             return self._classify(outputs[0], params)
         if self.task == "detection":
             return self._detect(outputs[0], outputs[1], scales, params)
+        if self.task == "instance_segmentation":
+            return self._instances(outputs, images.shape[1:3], scales, params)
         return self._segment(outputs[0], images.shape[1:3], scales, params)
 
     def to_input(self, images: np.ndarray) -> tuple[np.ndarray, list[float]]:
@@ -139,6 +146,30 @@ class OnnxVisionModel(mlflow.pyfunc.PythonModel):
             rows["scores"].append(det["scores"].astype(np.float64).tolist())
             rows["labels"].append(det["labels"].astype(np.int64).tolist())
             rows["class_names"].append([names[i] for i in det["labels"]])
+        return pd.DataFrame(rows)
+
+    def _instances(self, outputs: list[np.ndarray], size: tuple[int, int], scales: list[float],
+                   params: dict[str, Any] | None) -> pd.DataFrame:
+        from cvpipe.data.masks import encode_mask
+        from cvpipe.tasks.instance_segmentation import decode_rles, dense_from_arrays, select_instances
+
+        found = select_instances(dense_from_arrays(*outputs, image_size=self.input_size),
+                                 score_threshold=float(self._setting(params, "score_threshold")),
+                                 iou_threshold=float(self._setting(params, "nms_iou_threshold")),
+                                 max_detections=int(self._setting(params, "max_detections")),
+                                 mask_threshold=float(self._setting(params, "mask_threshold")))
+        names = self.class_names
+        rows: dict[str, list] = {"boxes": [], "scores": [], "labels": [], "class_names": [], "masks": []}
+        for inst, scale in zip(found, scales):
+            rles = inst["segmentations"]
+            if tuple(size) != tuple(self.input_size):  # masks back onto the caller's grid, like the label maps
+                rles = [encode_mask(_unletterbox(m.astype(np.uint8), scale, size) > 0)
+                        for m in decode_rles(rles, self.input_size)]
+            rows["boxes"].append((inst["boxes"].astype(np.float64) / scale).tolist())
+            rows["scores"].append(inst["scores"].astype(np.float64).tolist())
+            rows["labels"].append(inst["labels"].astype(np.int64).tolist())
+            rows["class_names"].append([names[i] for i in inst["labels"]])
+            rows["masks"].append([{"size": [int(v) for v in r["size"]], "counts": r["counts"]} for r in rles])
         return pd.DataFrame(rows)
 
     def _segment(self, logits: np.ndarray, size: tuple[int, int], scales: list[float],
@@ -195,6 +226,13 @@ def output_schema(task: str) -> Any:
                        ColSpec(Array(DataType.long), "labels"), ColSpec(Array(DataType.string), "class_names")])
     if task == "segmentation":
         return Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))])
+    if task == "instance_segmentation":
+        from mlflow.types.schema import Object, Property
+
+        rle = Object([Property("size", Array(DataType.long)), Property("counts", DataType.string)])
+        return Schema([ColSpec(Array(Array(DataType.double)), "boxes"), ColSpec(Array(DataType.double), "scores"),
+                       ColSpec(Array(DataType.long), "labels"), ColSpec(Array(DataType.string), "class_names"),
+                       ColSpec(Array(rle), "masks")])
     return None
 
 

@@ -63,12 +63,13 @@ class ConfusionScorer:
 
 
 class CocoScorer:
-    """COCO box AP (``map50_95``, ``map50`` or ``map75``, area all, 100 detections) of the images in ``indices``.
+    """COCO AP (``map50_95``, ``map50`` or ``map75``, area all, 100 detections) of the images in ``indices``, of
+    boxes (``iou_type="bbox"``) or masks (``"segm"``: predictions carry RLE ``segmentation``).
 
     ``gt``: COCO instances dict whose ``images`` carry ``index`` (array order); ``predictions``: COCO results list.
     """
 
-    def __init__(self, gt: dict, predictions: list[dict], metric: str = "map50_95") -> None:
+    def __init__(self, gt: dict, predictions: list[dict], metric: str = "map50_95", iou_type: str = "bbox") -> None:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
@@ -76,15 +77,17 @@ class CocoScorer:
 
         if metric not in COCO_IOU_SLICES:
             raise ValueError(f"detection metric must be one of {sorted(COCO_IOU_SLICES)}, got {metric!r}")
-        check_gt(gt)
-        check_predictions(predictions, gt)
+        check_gt(gt, iou_type)
+        check_predictions(predictions, gt, iou_type)
         self.metric = metric
+        # with a "bbox" beside the mask, loadRes would take the box area as the instance area (as coco_evaluate)
+        dets = [{k: v for k, v in p.items() if not (iou_type == "segm" and k == "bbox")} for p in predictions]
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = COCO()
             coco_gt.dataset = copy.deepcopy(gt)
             coco_gt.createIndex()
-            coco_dt = coco_gt.loadRes([dict(p) for p in predictions]) if predictions else _empty_results(coco_gt)
-            self.evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+            coco_dt = coco_gt.loadRes(dets) if dets else _empty_results(coco_gt)
+            self.evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
             params = self.evaluator.params
             params.imgIds = [im["id"] for im in sorted(gt["images"], key=lambda im: im.get("index", im["id"]))]
             params.areaRng, params.areaRngLbl, params.maxDets = [[0, 1e10]], ["all"], [100]  # only what AP needs

@@ -8,6 +8,8 @@ size are letterboxed by the pyfunc itself. Per task, the unit the bootstrap resa
 - detection: one test image; detections at COCO's protocol (score ≥ 0.001, 100 per image, the version's own tuned
   NMS IoU), scored by pycocotools.
 - segmentation: one test image's confusion matrix of the served (thresholded and cleaned) label map.
+- instance_segmentation: one test image; instances at COCO's protocol (score ≥ 0.001, 100 per image, the
+  version's tuned NMS IoU and mask threshold), mask AP by pycocotools (``iouType="segm"``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 
 from cvpipe.lifecycle.bootstrap import AccuracyScorer, CocoScorer, ConfusionScorer, Scorer
 
-METRICS = {"classification": ("top1",), "detection": ("map50_95", "map50", "map75"), "segmentation": ("miou", "dice")}
+METRICS = {"classification": ("top1",), "detection": ("map50_95", "map50", "map75"), "segmentation": ("miou", "dice"),
+           "instance_segmentation": ("mask_map50_95", "mask_map50", "mask_map75")}
 COCO_PROTOCOL = {"score_threshold": 0.001, "max_detections": 100}
 
 
@@ -56,17 +59,20 @@ def scorer(pyfunc: Any, task: str, metric: str, prepared: Path) -> Scorer:
         labels = np.asarray(load_array(prepared, "test", "crop_labels"))
         predicted = pyfunc.predict(inputs)["label"].to_numpy()
         return AccuracyScorer(predicted == labels)
-    if task == "detection":
+    if task in ("detection", "instance_segmentation"):
         from cvpipe.metrics.detection import detections_to_coco
         from cvpipe.tasks.detection import load_ground_truth
 
         gt = load_ground_truth(prepared, "test")
         table = pyfunc.predict(inputs, params=COCO_PROTOCOL)
         dets = [{"boxes": np.asarray(row.boxes, dtype=np.float64).reshape(-1, 4),
-                 "scores": np.asarray(row.scores, dtype=np.float64), "labels": np.asarray(row.labels, dtype=np.int64)}
+                 "scores": np.asarray(row.scores, dtype=np.float64), "labels": np.asarray(row.labels, dtype=np.int64),
+                 **({"segmentations": list(row.masks)} if task == "instance_segmentation" else {})}
                 for row in table.itertuples()]
         image_ids = [im["id"] for im in sorted(gt["images"], key=lambda im: im["index"])]
         results = detections_to_coco(dets, image_ids, [c["id"] for c in gt["categories"]])
+        if task == "instance_segmentation":
+            return CocoScorer(gt, results, metric.removeprefix("mask_"), iou_type="segm")
         return CocoScorer(gt, results, metric)
     from cvpipe.data.prepare import IGNORE_INDEX
     from cvpipe.metrics.segmentation import update_confusion

@@ -41,7 +41,8 @@ class PromoteConfig:
     """params.yaml ``promote``."""
 
     metric: dict[str, str] = field(default_factory=lambda: {"classification": "top1", "detection": "map50_95",
-                                                             "segmentation": "miou"})
+                                                             "segmentation": "miou",
+                                                             "instance_segmentation": "mask_map50_95"})
     margin: float = 0.0  # the difference's lower confidence bound must exceed this (metric units)
     confidence: float = 0.95  # two-sided level of the bootstrap interval
     resamples: int = 200  # bootstrap draws of the test images
