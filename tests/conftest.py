@@ -54,3 +54,17 @@ def assert_detector_onnx_parity(model: torch.nn.Module, path: Path, image_size: 
         boxes, scores = model.decode(model(images))
     np.testing.assert_allclose(onnx_boxes, boxes.numpy(), atol=1e-3)
     np.testing.assert_allclose(onnx_scores, scores.numpy(), atol=1e-4)
+
+
+def overfit(model: torch.nn.Module, criterion: torch.nn.Module, images: torch.Tensor, targets: list, *,
+            steps: int = 150, lr: float = 3e-3) -> torch.nn.Module:
+    """AdamW on one fixed batch with a linearly decaying learning rate; returns the model in eval mode."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1, total_iters=steps)
+    for _ in range(steps):
+        loss = criterion(model(images), targets)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model.eval()

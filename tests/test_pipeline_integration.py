@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,41 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from repo_support import REPO, clean_env, tiny_repo
+from repo_support import run as _run
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
 
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A git copy of the tracked files with tiny params, after one full `dvc repro`."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["shapes"].update(num_images=40, image_size=64, max_objects=4, min_object_size=12,
-                                    max_object_size=28)
-    params["prepare"].update(image_size=64, crop_size=32)
-    params["models"]["classifier"]["train"].update(epochs=1, width=8)
-    for name in params["pipeline"]["models"]:
-        params["models"][name]["train"]["epochs"] = 1
-    params["export"].update(latency_runs=2, parity_images=16)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    git = ["git", "-c", "user.email=ci@cvpipe", "-c", "user.name=ci"]
-    _run(["git", "init", "-q"], repo, env)
-    _run([*git, "add", "-A"], repo, env)
-    _run([*git, "commit", "-qm", "tiny"], repo, env)
+    """A git copy of the tracked files with tiny params for every default model, after one full `dvc repro`."""
+    env = clean_env()
+    models = yaml.safe_load((REPO / "params.yaml").read_text())["pipeline"]["models"]
+    repo = tiny_repo(tmp_path_factory.mktemp("pipeline") / "repo", models, env)
     _run(["dvc", "repro"], repo, env)
     return repo, env
 

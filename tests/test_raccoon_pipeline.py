@@ -4,24 +4,14 @@ class; folders ``images/`` and ``annotations/``), the README's worked example, o
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from repo_support import clean_env, copy_repo
+from repo_support import run as _run
 
-REPO = Path(__file__).resolve().parents[1]
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 pytestmark = pytest.mark.slow
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -30,27 +20,17 @@ def raccoon_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (RACCOON / "annotations").is_dir():
         pytest.skip(f"raccoon dataset not found at {RACCOON}: it lives in ../shared beside the repository, "
                     "which a user's clone does not have")
-    repo = tmp_path_factory.mktemp("raccoon") / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    # the README's settings for this dataset, plus tiny training
-    params["data"].update(source="voc", path=str(RACCOON))
-    params["data"]["voc"] = {"images": "images", "annotations": "annotations"}
-    params["pipeline"]["models"] = ["yolo"]
-    params["prepare"].update(image_size=64, crop_size=32)
-    params["models"]["yolo"]["train"].update(epochs=1, batch_size=32)
-    params["export"].update(latency_runs=2, parity_images=8)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    git = ["git", "-c", "user.email=ci@cvpipe", "-c", "user.name=ci"]
-    _run(["git", "init", "-q"], repo, env)
-    _run([*git, "add", "-A"], repo, env)
-    _run([*git, "commit", "-qm", "raccoon"], repo, env)
+
+    def readme_settings(params: dict) -> None:  # the README's settings for this dataset, plus tiny training
+        params["data"].update(source="voc", path=str(RACCOON))
+        params["data"]["voc"] = {"images": "images", "annotations": "annotations"}
+        params["pipeline"]["models"] = ["yolo"]
+        params["prepare"].update(image_size=64, crop_size=32)
+        params["models"]["yolo"]["train"].update(epochs=1, batch_size=32)
+        params["export"].update(latency_runs=2, parity_images=8)
+
+    env = clean_env()
+    repo = copy_repo(tmp_path_factory.mktemp("raccoon") / "repo", env, readme_settings)
     _run(["dvc", "repro", "export@yolo"], repo, env)
     return repo
 
@@ -73,7 +53,5 @@ def test_raccoon_runs_from_voc_to_an_exported_detector(raccoon_repo):
 
 
 def test_unchanged_labels_skip_validation(raccoon_repo):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    status = json.loads(_run(["dvc", "status", "--json", "validate"], raccoon_repo, env).stdout)
+    status = json.loads(_run(["dvc", "status", "--json", "validate"], raccoon_repo, clean_env()).stdout)
     assert status == {}, status

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle_support import GIT, apt_install, clean_env, free_port, run, stop, tiny_repo, wait_for_http
+from repo_support import GIT, apt_install, clean_env, free_port, run, stop, tiny_repo, wait_for_http
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,6 @@ from cvpipe.device import resolve_runtime
 from cvpipe.errors import ConfigError
 from cvpipe.losses.yolact import YolactLoss
 from cvpipe.metrics.detection import coco_evaluate, detections_to_coco, targets_to_coco
-from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.yolact import DecodedInstanceSegmenter, build_yolact
 from cvpipe.postprocess.instance_masks import assemble_masks, mask_probabilities
 from cvpipe.runners import instance_segmentation as runner
@@ -27,6 +26,7 @@ from cvpipe.tasks.instance_segmentation import (dense_from_arrays, ground_truth_
                                                 select_instances)
 from cvpipe.tasks.detection import load_ground_truth
 from cvpipe.tuning.instance_thresholds import instance_threshold_grid, tune_instance_thresholds
+from tests.conftest import overfit
 
 MEAN, STD = [0.5] * 3, [0.2] * 3
 
@@ -204,18 +204,7 @@ def test_overfits_four_prepared_images(tiny_prepared):
     dataset = DetectionDataset.from_prepared(tiny_prepared, "train", with_masks=True)
     images = torch.stack([dataset[i][0] for i in range(4)]).float()
     targets = [dataset[i][1] for i in range(4)]
-    model = build_yolact(6, MEAN, STD, width=16, num_prototypes=8)
-    criterion = YolactLoss(num_classes=6)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    steps = 150
-    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1, total_iters=steps)
-    for _ in range(steps):
-        loss = criterion(model(images), targets)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    model.eval()
+    model = overfit(build_yolact(6, MEAN, STD, width=16, num_prototypes=8), YolactLoss(num_classes=6), images, targets)
     with torch.no_grad():
         dense = dense_from_arrays(*(t.numpy() for t in model.decode_instances(model(images))), image_size=(64, 64))
     found = select_instances(dense, score_threshold=0.05, iou_threshold=0.5, max_detections=100, mask_threshold=0.5)
@@ -266,7 +255,6 @@ def test_stages_end_to_end(tiny_prepared, tmp_path):
     assert exported.metrics["export_same_detections"] == 1.0 and exported.metrics["export_mask_iou_mean"] >= 0.99
     gt = ground_truth_instances(load_ground_truth(tiny_prepared, "test"))
     assert len(gt) == len(load_array(tiny_prepared, "test", "images")) and sum(len(g["rles"]) for g in gt) > 0
-    assert to_model_input(np.asarray(load_array(tiny_prepared, "test", "images")[:1])).shape[0] == 1
 
 
 def test_instance_task_rejects_an_arch_without_masks():

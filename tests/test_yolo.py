@@ -18,7 +18,7 @@ from cvpipe.models.detector import DecodedDetector
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.yolo import build_yolo, deltas_to_boxes
 from cvpipe.postprocess.detections import select_detections
-from tests.conftest import assert_detector_onnx_parity
+from tests.conftest import assert_detector_onnx_parity, overfit
 
 MEAN, STD = [0.5] * 3, [0.2] * 3
 
@@ -258,18 +258,7 @@ def _prepared_batch(prepared_dir, count: int):
 def test_overfits_four_prepared_images(tiny_prepared):
     torch.manual_seed(0)
     images, targets = _prepared_batch(tiny_prepared, 4)
-    model = build_yolo(6, MEAN, STD, width=16)
-    criterion = YoloLoss(num_classes=6)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    steps = 150
-    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1, total_iters=steps)
-    for _ in range(steps):
-        loss = criterion(model(images), targets)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    model.eval()
+    model = overfit(build_yolo(6, MEAN, STD, width=16), YoloLoss(num_classes=6), images, targets)
     with torch.no_grad():
         boxes, scores = model.decode(model(images))
     detections = select_detections(boxes, scores, score_threshold=0.05, iou_threshold=0.5, max_detections=100)

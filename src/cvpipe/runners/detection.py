@@ -203,25 +203,37 @@ def export(config: DetectorConfig, export_config: ExportConfig, *, prepared: Pat
     coco = dict(score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms, max_detections=COCO_MAX_DETECTIONS)
     map_torch = coco_scores(gt, select(*all_torch, **coco))["map50_95"]
     map_onnx = coco_scores(gt, select(*all_onnx, **coco))["map50_95"]
-    cpu = Runtime(torch.device("cpu"), amp=False, channels_last=False)
-    torch_lat = latency_ms(graph, inputs[:1], cpu, export_config.latency_runs)
-    onnx_lat = onnx_latency_ms(session, inputs[:1].numpy(), export_config.latency_runs)
     result = {"max_box_diff": box_diff, "max_score_diff": score_diff, "same_detections": bool(same_labels),
               "map50_95_torch": map_torch, "map50_95_onnx": map_onnx, "parity_images": int(len(inputs)),
-              "torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
-              "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}
+              **export_latencies(graph, session, inputs[:1], export_config.latency_runs)}
     write_json(report_dir / "export.json", result)
-    tol = config.export
+    problems = parity_problems(config.export, box_diff=box_diff, score_diff=score_diff, same=same_labels,
+                               map_torch=map_torch, map_onnx=map_onnx)
+    if problems:
+        raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch: " + "; ".join(problems))
+    return StageOutcome(metrics={f"export_{k}": float(v) for k, v in result.items()},
+                        artifacts=[onnx_path, report_dir / "export.json"])
+
+
+def export_latencies(graph: torch.nn.Module, session: Any, example: torch.Tensor, runs: int) -> dict[str, float]:
+    """p50/p95 ms of one image through the PyTorch graph (CPU) and through onnxruntime."""
+    cpu = Runtime(torch.device("cpu"), amp=False, channels_last=False)
+    torch_lat = latency_ms(graph, example, cpu, runs)
+    onnx_lat = onnx_latency_ms(session, example.numpy(), runs)
+    return {"torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
+            "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}
+
+
+def parity_problems(tol: Any, *, box_diff: float, score_diff: float, same: bool, map_torch: float, map_onnx: float,
+                    what: str = "test mAP") -> list[str]:
+    """What breaks the detector parity gate (tolerances ``box_atol``, ``score_atol``, ``map_tolerance``)."""
     problems = []
     if box_diff > tol.box_atol:
         problems.append(f"box difference {box_diff:.3g} px > {tol.box_atol}")
     if score_diff > tol.score_atol:
         problems.append(f"score difference {score_diff:.3g} > {tol.score_atol}")
-    if not same_labels:
+    if not same:
         problems.append("different detections (count or labels) after post-processing")
     if abs(map_torch - map_onnx) > tol.map_tolerance:
-        problems.append(f"test mAP {map_onnx:.4f} (ONNX) vs {map_torch:.4f} (PyTorch), tolerance {tol.map_tolerance}")
-    if problems:
-        raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch: " + "; ".join(problems))
-    return StageOutcome(metrics={f"export_{k}": float(v) for k, v in result.items()},
-                        artifacts=[onnx_path, report_dir / "export.json"])
+        problems.append(f"{what} {map_onnx:.4f} (ONNX) vs {map_torch:.4f} (PyTorch), tolerance {tol.map_tolerance}")
+    return problems

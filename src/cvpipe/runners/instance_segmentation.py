@@ -26,7 +26,7 @@ from cvpipe.config import ExportConfig, InstanceSegmenterConfig
 from cvpipe.data.arrays import load_array
 from cvpipe.device import Runtime
 from cvpipe.errors import ConfigError, ParityError
-from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+from cvpipe.export import export_onnx, onnx_session, run_onnx
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.yolact import DecodedInstanceSegmenter
 from cvpipe.plots import save_curve, save_grid_curves, save_instance_overlays
@@ -188,26 +188,16 @@ def export(config: InstanceSegmenterConfig, export_config: ExportConfig, *, prep
     all_onnx = dense_from_arrays(*run_onnx(session, to_model_input(images).numpy(), batch_size=64), image_size=size)
     map_torch = _coco(all_torch, gt, thresholds["nms_iou_threshold"], thresholds["mask_threshold"])[1]["map50_95"]
     map_onnx = _coco(all_onnx, gt, thresholds["nms_iou_threshold"], thresholds["mask_threshold"])[1]["map50_95"]
-    torch_lat = latency_ms(graph, inputs[:1], CPU, export_config.latency_runs)
-    onnx_lat = onnx_latency_ms(session, inputs[:1].numpy(), export_config.latency_runs)
     result = {"max_box_diff": box_diff, "max_score_diff": score_diff, "same_detections": bool(same),
               "mask_iou_mean": mask_iou, "mask_iou_min": float(ious.min()) if len(ious) else 1.0,
               "mask_map50_95_torch": map_torch, "mask_map50_95_onnx": map_onnx, "parity_images": int(len(inputs)),
-              "torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
-              "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}
+              **detection_runner.export_latencies(graph, session, inputs[:1], export_config.latency_runs)}
     write_json(report_dir / "export.json", result)
     tol = config.export
-    problems = []
-    if box_diff > tol.box_atol:
-        problems.append(f"box difference {box_diff:.3g} px > {tol.box_atol}")
-    if score_diff > tol.score_atol:
-        problems.append(f"score difference {score_diff:.3g} > {tol.score_atol}")
-    if not same:
-        problems.append("different detections (count or labels) after post-processing")
-    elif mask_iou < tol.min_mask_iou:
+    problems = detection_runner.parity_problems(tol, box_diff=box_diff, score_diff=score_diff, same=same,
+                                                map_torch=map_torch, map_onnx=map_onnx, what="test mask mAP")
+    if same and mask_iou < tol.min_mask_iou:
         problems.append(f"mean mask IoU {mask_iou:.4f} between PyTorch and ONNX < {tol.min_mask_iou}")
-    if abs(map_torch - map_onnx) > tol.map_tolerance:
-        problems.append(f"test mask mAP {map_onnx:.4f} (ONNX) vs {map_torch:.4f} (PyTorch), tolerance {tol.map_tolerance}")
     if problems:
         raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch: " + "; ".join(problems))
     return StageOutcome(metrics={f"export_{k}": float(v) for k, v in result.items()},

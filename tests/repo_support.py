@@ -1,4 +1,5 @@
-"""Helpers of the lifecycle tests: a git copy of the repository with tiny params, and command runners."""
+"""Helpers of the tests that run the real pipeline: a committed git copy of this checkout with edited params,
+command runners, free ports, Debian packages and HTTP waits."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -45,32 +47,26 @@ def tiny_params(params: dict, models: list[str]) -> dict:
     return params
 
 
-# The lifecycle's own files, taken from the working tree over the committed tree (see tiny_repo).
-LIFECYCLE_PATHS = ("src/cvpipe/lifecycle", "src/cvpipe/serving.py", "src/cvpipe/tracking.py", "src/cvpipe/export.py",
-                   "src/cvpipe/cli.py", "stages/promote.py", "stages/export.py", "dvc.yaml", "params.yaml", "Makefile",
-                   "deploy")
-
-
-def tiny_repo(dest: Path, models: list[str], env: dict[str, str]) -> Path:
-    """A committed git repository at ``dest`` with :func:`tiny_params`: the files of HEAD, with the lifecycle's
-    own paths from the working tree on top. (On a fresh clone that is the working tree; in a shared checkout it
-    keeps other people's half-done edits out of these tests.)"""
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    for name in LIFECYCLE_PATHS:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.is_file():
+def copy_repo(dest: Path, env: dict[str, str], edit: Callable[[dict], object]) -> Path:
+    """A committed git repository at ``dest``: the files git tracks here, as they are in the working tree, with
+    ``edit`` applied to the loaded params.yaml."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    params = tiny_params(yaml.safe_load((dest / "params.yaml").read_text()), models)
+            shutil.copy2(REPO / name, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    edit(params)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest, env)
     run([*GIT, "add", "-A"], dest, env)
-    run([*GIT, "commit", "-qm", "tiny"], dest, env)
+    run([*GIT, "commit", "-qm", "test copy"], dest, env)
     return dest
+
+
+def tiny_repo(dest: Path, models: list[str], env: dict[str, str]) -> Path:
+    """:func:`copy_repo` with :func:`tiny_params` for ``models``."""
+    return copy_repo(dest, env, lambda params: tiny_params(params, models))
 
 
 def set_param(repo: Path, dotted: str, value: object) -> None:
