@@ -126,5 +126,4 @@ def test_pipeline_logs_to_a_postgres_backed_server_and_a_dvc_remote_moves_data_a
     for path in ("models/classifier/model.onnx", "models/classifier/model.pt", "data/prepared/meta.json",
                  "data/prepared/test/crops.npy", "data/raw/shapes/annotations.json"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
-    model_stages = ["prepare", *(f"{stage}@classifier" for stage in ("train", "evaluate", "tune", "export", "promote"))]
-    assert run(["dvc", "status", "--json", *model_stages], clone, env).stdout.strip() == "{}"  # nothing to re-run
+    assert run(["dvc", "status", "--json"], clone, env).stdout.strip() == "{}"  # every stage up to date: nothing to re-run
