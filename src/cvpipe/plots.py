@@ -15,6 +15,38 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def _save(fig: "plt.Figure", path: str | Path, *, dpi: int, rect: tuple[float, ...] | None = None) -> None:
+    """Lay out, write and close a figure (closing matters: stages draw many)."""
+    fig.tight_layout(**({"rect": rect} if rect else {}))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def _image_grid(images: np.ndarray, columns: int, *, cell: tuple[float, float]) -> tuple["plt.Figure", list]:
+    """A grid of ``columns`` axes per row (cell size in inches), every axis off; image i drawn on axis i.
+    Returns the figure and the first len(images) axes."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell[0], rows * cell[1]), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    shown = list(axes.ravel()[: len(images)])
+    for ax, image in zip(shown, images):
+        ax.imshow(image)
+    return fig, shown
+
+
+def _panel_rows(rows: Sequence[Sequence[tuple[str, np.ndarray]]]) -> tuple["plt.Figure", np.ndarray]:
+    """One row of titled panels (e.g. image | ground truth | prediction) per example; axes [rows, panels]."""
+    columns = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.5 * columns, 2.5 * len(rows)), squeeze=False)
+    for i, panels in enumerate(rows):
+        for j, (title, panel) in enumerate(panels):
+            axes[i, j].imshow(panel)
+            axes[i, j].set_title(title, fontsize=8)
+            axes[i, j].axis("off")
+    return fig, axes
+
+
 def save_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], path: str | Path,
                           title: str = "Confusion matrix (rows: true, columns: predicted)") -> None:
     """Row-normalised colours with raw counts written in each cell."""
@@ -31,28 +63,18 @@ def save_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], pat
             ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center",
                     color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def save_prediction_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray, confidence: np.ndarray,
                          class_names: Sequence[str], path: str | Path, columns: int = 8) -> None:
     """Images uint8 [N, H, W, 3] titled 'pred (conf) / true'; wrong predictions in red."""
-    n = len(images)
-    rows = max(1, int(np.ceil(n / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.7), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.ravel()[i]
-        ax.imshow(images[i])
+    fig, axes = _image_grid(images, columns, cell=(1.5, 1.7))
+    for i, ax in enumerate(axes):
         ok = true[i] == pred[i]
         ax.set_title(f"{class_names[pred[i]]} ({confidence[i]:.2f})\ntrue: {class_names[true[i]]}",
                      fontsize=7, color="black" if ok else "red")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def save_curve(x: np.ndarray, ys: dict[str, np.ndarray], path: str | Path, *, xlabel: str, title: str,
@@ -68,9 +90,7 @@ def save_curve(x: np.ndarray, ys: dict[str, np.ndarray], path: str | Path, *, xl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def save_detection_overlays(images: np.ndarray, ground_truth: Sequence[dict], predictions: Sequence[dict],
@@ -83,14 +103,8 @@ def save_detection_overlays(images: np.ndarray, ground_truth: Sequence[dict], pr
     from matplotlib.patches import Rectangle
 
     colours = plt.get_cmap("tab10")
-    n = len(images)
-    rows = max(1, int(np.ceil(n / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 3, rows * 3), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.ravel()[i]
-        ax.imshow(images[i])
+    fig, axes = _image_grid(images, columns, cell=(3.0, 3.0))
+    for i, ax in enumerate(axes):
         for (x0, y0, x1, y1) in np.asarray(ground_truth[i]["boxes"]).reshape(-1, 4):
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linestyle="--", lw=1))
         pred = predictions[i]
@@ -101,9 +115,7 @@ def save_detection_overlays(images: np.ndarray, ground_truth: Sequence[dict], pr
             ax.text(x0, y0 - 1, f"{class_names[int(label)]} {float(score):.2f}", color="white", fontsize=6,
                     bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
     fig.suptitle("predictions (colour) vs ground truth (white dashed)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def save_grid_curves(grid: "pd.DataFrame", path: str | Path, *, x: str, y: str, series: str,
@@ -123,9 +135,7 @@ def save_grid_curves(grid: "pd.DataFrame", path: str | Path, *, x: str, y: str, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def save_segmentation_overlays(images: np.ndarray, targets: np.ndarray, predictions: np.ndarray,
@@ -141,19 +151,12 @@ def save_segmentation_overlays(images: np.ndarray, targets: np.ndarray, predicti
         out[labels == 255] = 0.5
         return out
 
-    n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
-    for i in range(n):
-        for j, (title, panel) in enumerate((("image", images[i] / 255.0), ("ground truth", paint(images[i], targets[i])),
-                                            ("prediction", paint(images[i], predictions[i])))):
-            axes[i, j].imshow(panel)
-            axes[i, j].set_title(title, fontsize=8)
-            axes[i, j].axis("off")
+    fig, _ = _panel_rows([[("image", image / 255.0), ("ground truth", paint(image, target)),
+                           ("prediction", paint(image, pred))]
+                          for image, target, pred in zip(images, targets, predictions)])
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[k + 1]) for k in range(len(class_names))]
     fig.legend(handles, class_names, loc="lower center", ncol=min(6, len(class_names)), fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100, rect=(0, 0.03, 1, 1))
 
 
 def save_instance_overlays(images: np.ndarray, ground_truth: Sequence[np.ndarray], predictions: Sequence[dict],
@@ -173,22 +176,14 @@ def save_instance_overlays(images: np.ndarray, ground_truth: Sequence[np.ndarray
             out[mask] = 0.35 * out[mask] + 0.65 * np.array(colours(j % 20)[:3])
         return out
 
-    n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
-    for i in range(n):
-        pred = predictions[i]
-        panels = (("image", images[i] / 255.0), (f"ground truth ({len(ground_truth[i])})", paint(images[i], ground_truth[i])),
-                  (f"prediction ({len(pred['masks'])})", paint(images[i], pred["masks"])))
-        for j, (title, panel) in enumerate(panels):
-            axes[i, j].imshow(panel)
-            axes[i, j].set_title(title, fontsize=8)
-            axes[i, j].axis("off")
+    fig, axes = _panel_rows([[("image", image / 255.0), (f"ground truth ({len(truth)})", paint(image, truth)),
+                              (f"prediction ({len(pred['masks'])})", paint(image, pred["masks"]))]
+                             for image, truth, pred in zip(images, ground_truth, predictions)])
+    for i, pred in enumerate(predictions):
         for mask, label, score in zip(pred["masks"], pred["labels"], pred["scores"]):
             ys, xs = np.nonzero(mask)
             if len(xs):
                 axes[i, 2].text(xs.min(), ys.min(), f"{class_names[int(label)]} {float(score):.2f}", color="white",
                                 fontsize=5, bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.3, "lw": 0})
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
