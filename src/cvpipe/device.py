@@ -35,6 +35,9 @@ class Runtime:
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last and batch.ndim == 4 else batch
 
 
+CPU = Runtime(torch.device("cpu"), amp=False, channels_last=False)  # export, parity and latency run here
+
+
 def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int = 0) -> Runtime:
     """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'; AMP and channels_last only ever apply on CUDA."""
     if num_threads > 0:

@@ -63,6 +63,18 @@ def save_trained(model: "torch.nn.Module", history: list[dict[str, float]], *, r
                         artifacts=[model_dir / "model.pt", report_dir / "training.csv"])
 
 
+def export_latencies(model: "torch.nn.Module", session: object, example: "torch.Tensor", runs: int) -> dict[str, float]:
+    """p50/p95 ms of one input through the PyTorch model on the CPU and through the onnxruntime session."""
+    from cvpipe.device import CPU
+    from cvpipe.export import onnx_latency_ms
+    from cvpipe.tasks.classification import latency_ms
+
+    torch_lat = latency_ms(model, example, CPU, runs)
+    onnx_lat = onnx_latency_ms(session, example.numpy(), runs)
+    return {"torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
+            "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}
+
+
 def runner_for(task: str) -> ModuleType:
     if task not in RUNNERS:
         raise ConfigError(f"params.yaml: task {task!r} has no runner; supported: {sorted(RUNNERS)}")

@@ -27,10 +27,10 @@ from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
 from cvpipe.device import Runtime
 from cvpipe.errors import ParityError
-from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+from cvpipe.export import export_onnx, onnx_session, run_onnx
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.plots import save_confusion_matrix, save_curve, save_prediction_grid
-from cvpipe.runners import StageOutcome, save_trained, write_json
+from cvpipe.runners import StageOutcome, export_latencies, save_trained, write_json
 from cvpipe.tasks.classification import (build_classifier, classification_metrics, latency_ms, predict_probs,
                                          train_classifier)
 from cvpipe.tuning.reject_threshold import accepted_precision, choose_reject_threshold
@@ -144,12 +144,8 @@ def export(config: ClassifierConfig, export_config: ExportConfig, *, prepared: P
     onnx_logits = run_onnx(session, inputs.numpy())[0]
     max_diff = float(np.abs(torch_logits - onnx_logits).max())
     agreement = float((torch_logits.argmax(1) == onnx_logits.argmax(1)).mean())
-    cpu = Runtime(torch.device("cpu"), amp=False, channels_last=False)
-    torch_lat = latency_ms(model, inputs[:1], cpu, export_config.latency_runs)
-    onnx_lat = onnx_latency_ms(session, inputs[:1].numpy(), export_config.latency_runs)
     result = {"max_abs_diff": max_diff, "top1_agreement": agreement, "parity_images": int(len(crops)),
-              "torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
-              "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}
+              **export_latencies(model, session, inputs[:1], export_config.latency_runs)}
     write_json(report_dir / "export.json", result)
     if max_diff > config.export.max_abs_diff or agreement < config.export.min_top1_agreement:
         raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch on {len(crops)} test crops: max |diff| "

@@ -26,14 +26,14 @@ import torch
 from cvpipe.config import DetectorConfig, ExportConfig
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
-from cvpipe.device import Runtime
+from cvpipe.device import CPU, Runtime
 from cvpipe.errors import ParityError
-from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+from cvpipe.export import export_onnx, onnx_session, run_onnx
 from cvpipe.models.detector import DecodedDetector
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.registry import build_criterion, build_detector
 from cvpipe.plots import save_curve, save_detection_overlays, save_grid_curves
-from cvpipe.runners import StageOutcome, save_trained, write_json
+from cvpipe.runners import StageOutcome, export_latencies, save_trained, write_json
 from cvpipe.tasks.classification import latency_ms
 from cvpipe.tasks.detection import (COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores, load_ground_truth,
                                     predict_dense, select, split_targets, train_detector)
@@ -198,7 +198,7 @@ def export(config: DetectorConfig, export_config: ExportConfig, *, prepared: Pat
     # mAP of both on the whole test split, COCO protocol.
     gt = load_ground_truth(prepared, "test")
     nms = thresholds["nms_iou_threshold"] if model.uses_nms else None
-    all_torch = predict_dense(model, images, Runtime(torch.device("cpu"), amp=False, channels_last=False))
+    all_torch = predict_dense(model, images, CPU)
     all_onnx = run_onnx(session, to_model_input(images).numpy(), batch_size=64)
     coco = dict(score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms, max_detections=COCO_MAX_DETECTIONS)
     map_torch = coco_scores(gt, select(*all_torch, **coco))["map50_95"]
@@ -213,15 +213,6 @@ def export(config: DetectorConfig, export_config: ExportConfig, *, prepared: Pat
         raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch: " + "; ".join(problems))
     return StageOutcome(metrics={f"export_{k}": float(v) for k, v in result.items()},
                         artifacts=[onnx_path, report_dir / "export.json"])
-
-
-def export_latencies(graph: torch.nn.Module, session: Any, example: torch.Tensor, runs: int) -> dict[str, float]:
-    """p50/p95 ms of one image through the PyTorch graph (CPU) and through onnxruntime."""
-    cpu = Runtime(torch.device("cpu"), amp=False, channels_last=False)
-    torch_lat = latency_ms(graph, example, cpu, runs)
-    onnx_lat = onnx_latency_ms(session, example.numpy(), runs)
-    return {"torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
-            "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}
 
 
 def parity_problems(tol: Any, *, box_diff: float, score_diff: float, same: bool, map_torch: float, map_onnx: float,

@@ -24,13 +24,13 @@ import torch
 
 from cvpipe.config import ExportConfig, InstanceSegmenterConfig
 from cvpipe.data.arrays import load_array
-from cvpipe.device import Runtime
+from cvpipe.device import CPU, Runtime
 from cvpipe.errors import ConfigError, ParityError
 from cvpipe.export import export_onnx, onnx_session, run_onnx
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.yolact import DecodedInstanceSegmenter
 from cvpipe.plots import save_curve, save_grid_curves, save_instance_overlays
-from cvpipe.runners import StageOutcome, write_json
+from cvpipe.runners import StageOutcome, export_latencies, write_json
 from cvpipe.runners import detection as detection_runner
 from cvpipe.tasks.classification import latency_ms
 from cvpipe.tasks.detection import COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores, load_ground_truth
@@ -39,7 +39,6 @@ from cvpipe.tasks.instance_segmentation import (DenseInstances, decode_rles, den
 from cvpipe.tuning.instance_thresholds import tune_instance_thresholds
 
 onnx_input_example = detection_runner.onnx_input_example
-CPU = Runtime(torch.device("cpu"), amp=False, channels_last=False)
 
 
 def load_config(params: dict[str, Any], model: str) -> InstanceSegmenterConfig:
@@ -66,12 +65,10 @@ def train(config: InstanceSegmenterConfig, *, prepared: Path, model_dir: Path, r
     return outcome
 
 
-def _coco(dense: DenseInstances, gt: dict[str, Any], nms_iou: float | None, mask_threshold: float
-          ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """COCO protocol (score ≥ 0.001, 100 per image): instances, segm stats, bbox stats."""
-    instances = select_instances(dense, score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms_iou,
-                                 max_detections=COCO_MAX_DETECTIONS, mask_threshold=mask_threshold)
-    return instances, coco_scores(gt, instances, iou_type="segm"), coco_scores(gt, instances)
+def _coco_instances(dense: DenseInstances, nms_iou: float | None, mask_threshold: float) -> list[dict[str, Any]]:
+    """Instances by the COCO protocol (score ≥ 0.001, 100 per image), for pycocotools."""
+    return select_instances(dense, score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms_iou,
+                            max_detections=COCO_MAX_DETECTIONS, mask_threshold=mask_threshold)
 
 
 def evaluate(config: InstanceSegmenterConfig, *, prepared: Path, model_dir: Path, report_dir: Path,
@@ -84,7 +81,8 @@ def evaluate(config: InstanceSegmenterConfig, *, prepared: Path, model_dir: Path
     started = time.perf_counter()
     dense = predict_instances(model, images, runtime)
     batched_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
-    instances, segm, bbox = _coco(dense, gt, train_cfg["nms_iou"], mask_threshold=0.5)
+    instances = _coco_instances(dense, train_cfg["nms_iou"], mask_threshold=0.5)
+    segm, bbox = coco_scores(gt, instances, iou_type="segm"), coco_scores(gt, instances)
     lat = latency_ms(DecodedInstanceSegmenter(model), to_model_input(np.asarray(images[:1])), runtime, latency_runs)
     metrics = {f"mask_{k}": segm[k] for k in ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large",
                                               "ar100")}
@@ -186,12 +184,13 @@ def export(config: InstanceSegmenterConfig, export_config: ExportConfig, *, prep
     gt = load_ground_truth(prepared, "test")
     all_torch = predict_instances(model, images, CPU)
     all_onnx = dense_from_arrays(*run_onnx(session, to_model_input(images).numpy(), batch_size=64), image_size=size)
-    map_torch = _coco(all_torch, gt, thresholds["nms_iou_threshold"], thresholds["mask_threshold"])[1]["map50_95"]
-    map_onnx = _coco(all_onnx, gt, thresholds["nms_iou_threshold"], thresholds["mask_threshold"])[1]["map50_95"]
+    map_torch, map_onnx = (coco_scores(gt, _coco_instances(dense, thresholds["nms_iou_threshold"],
+                                                           thresholds["mask_threshold"]), iou_type="segm")["map50_95"]
+                           for dense in (all_torch, all_onnx))
     result = {"max_box_diff": box_diff, "max_score_diff": score_diff, "same_detections": bool(same),
               "mask_iou_mean": mask_iou, "mask_iou_min": float(ious.min()) if len(ious) else 1.0,
               "mask_map50_95_torch": map_torch, "mask_map50_95_onnx": map_onnx, "parity_images": int(len(inputs)),
-              **detection_runner.export_latencies(graph, session, inputs[:1], export_config.latency_runs)}
+              **export_latencies(graph, session, inputs[:1], export_config.latency_runs)}
     write_json(report_dir / "export.json", result)
     tol = config.export
     problems = detection_runner.parity_problems(tol, box_diff=box_diff, score_diff=score_diff, same=same,

@@ -26,11 +26,11 @@ from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
 from cvpipe.device import Runtime
 from cvpipe.errors import ConfigError, ParityError
-from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session, run_onnx
+from cvpipe.export import export_onnx, onnx_session, run_onnx
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.weights import load_pretrained
 from cvpipe.plots import save_grid_curves, save_segmentation_overlays
-from cvpipe.runners import StageOutcome, save_trained, write_json
+from cvpipe.runners import StageOutcome, export_latencies, save_trained, write_json
 from cvpipe.tasks.classification import latency_ms
 from cvpipe.tasks.segmentation import (labels_from_probabilities, predict_probabilities, score_labels, split_targets,
                                        train_segmenter)
@@ -180,13 +180,9 @@ def export(config: SegmenterConfig, export_config: ExportConfig, *, prepared: Pa
     union = np.logical_or(a, b).sum()
     mask_iou = float(np.logical_and(a, b).sum() / union) if union else 1.0
     label_agreement = float((labels(torch_logits) == labels(onnx_logits)).mean())
-    cpu = Runtime(torch.device("cpu"), amp=False, channels_last=False)
-    torch_lat = latency_ms(model, inputs[:1], cpu, export_config.latency_runs)
-    onnx_lat = onnx_latency_ms(session, inputs[:1].numpy(), export_config.latency_runs)
     result = {"max_logit_diff": diff, "mask_iou": mask_iou, "label_agreement": label_agreement,
-              "parity_images": int(len(inputs)), "torch_latency_ms_p50": torch_lat["p50"],
-              "torch_latency_ms_p95": torch_lat["p95"], "onnx_latency_ms_p50": onnx_lat["p50"],
-              "onnx_latency_ms_p95": onnx_lat["p95"]}
+              "parity_images": int(len(inputs)),
+              **export_latencies(model, session, inputs[:1], export_config.latency_runs)}
     write_json(report_dir / "export.json", result)
     tol = config.export
     if diff > tol.logits_atol or mask_iou < tol.min_mask_iou:
