@@ -140,11 +140,9 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
             coco_anns.append(record)
             if ann.iscrowd:
                 continue  # crowd regions are ignored by training and by COCOeval alike
-            if mask is not None:
+            if mask is not None:  # a box without a mask keeps its all-zero row of the new memmap
                 instance_masks[len(boxes)] = mask
                 has_mask[len(boxes)] = True
-            else:
-                instance_masks[len(boxes)] = 0
             boxes.append(box)
             labels.append(int(ann.category_id) - 1)
             crops.append(object_crop(image_arr[i], box, context=crop_context, crop_size=crop_size))

@@ -16,6 +16,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
+from cvpipe.data.masks import encode_masks, pycocotools_rle
 from cvpipe.device import Runtime, eval_mode
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.postprocess.detections import select_detections
@@ -67,13 +68,7 @@ def iter_instances(dense: DenseInstances, *, score_threshold: float, iou_thresho
                                 max_detections=max_detections, return_candidates=True)[0]
         probs = mask_probabilities(dense.protos[i], dense.coeffs[i][det["candidates"].numpy()], det["boxes"],
                                    dense.image_size).numpy()
-        rles = {}
-        for tau in mask_thresholds:
-            masks = np.asfortranarray((probs > tau).transpose(1, 2, 0).astype(np.uint8))
-            encoded = mask_utils.encode(masks) if len(probs) else []
-            for rle in encoded:
-                rle["counts"] = rle["counts"].decode("ascii")
-            rles[tau] = encoded
+        rles = {tau: encode_masks(probs > tau) for tau in mask_thresholds}
         yield {"boxes": det["boxes"].numpy(), "scores": det["scores"].numpy(), "labels": det["labels"].numpy(),
                "rles": rles}
 
@@ -93,9 +88,7 @@ def decode_rles(rles: list[dict[str, Any]], image_size: tuple[int, int]) -> np.n
     """COCO RLEs → bool [D, H, W] (for overlays and parity checks)."""
     if not rles:
         return np.zeros((0, *image_size), bool)
-    encoded = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-                else r["counts"]} for r in rles]
-    return mask_utils.decode(encoded).transpose(2, 0, 1).astype(bool)
+    return mask_utils.decode([pycocotools_rle(r) for r in rles]).transpose(2, 0, 1).astype(bool)
 
 
 def paired_mask_iou(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> np.ndarray:
@@ -104,7 +97,7 @@ def paired_mask_iou(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> np.ndar
         raise ValueError(f"{len(a)} vs {len(b)} masks: pair them first")
     out = np.ones(len(a))
     for i, (x, y) in enumerate(zip(a, b)):
-        fx, fy = ({"size": r["size"], "counts": r["counts"].encode("ascii")} for r in (x, y))
+        fx, fy = pycocotools_rle(x), pycocotools_rle(y)
         if mask_utils.area(fx) or mask_utils.area(fy):
             out[i] = float(mask_utils.iou([fx], [fy], [0])[0, 0])
     return out

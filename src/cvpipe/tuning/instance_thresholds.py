@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from cvpipe.data.masks import pycocotools_rle
 from cvpipe.tuning.detection_thresholds import UNMATCHED, greedy_match
 
 MATCH_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
@@ -42,15 +43,12 @@ class InstanceOperatingPoint:
     grid: list[dict[str, Any]] = field(repr=False, compare=False)
 
 
-def _rle(r: dict[str, Any]) -> dict[str, Any]:
-    return {"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]}
-
-
 def mask_iou_matrix(pred: Sequence[dict[str, Any]], gt: Sequence[dict[str, Any]]) -> np.ndarray:
     """IoU [D, G] between predicted and ground-truth masks given as COCO RLEs (pycocotools)."""
     if not len(pred) or not len(gt):
         return np.zeros((len(pred), len(gt)))
-    return np.asarray(mask_utils.iou([_rle(r) for r in pred], [_rle(r) for r in gt], [0] * len(gt)))
+    return np.asarray(mask_utils.iou([pycocotools_rle(r) for r in pred], [pycocotools_rle(r) for r in gt],
+                                     [0] * len(gt)))
 
 
 def instance_threshold_grid(detections: Iterable[dict[str, Any]], ground_truth: Sequence[dict[str, Any]], *,
