@@ -19,7 +19,7 @@ from cvpipe.data.detection_dataset import DetectionDataset, collate_detection, d
 from cvpipe.device import Runtime, eval_mode
 from cvpipe.metrics.detection import coco_evaluate, detections_to_coco
 from cvpipe.models.preprocess import to_model_input
-from cvpipe.postprocess.detections import select_detections
+from cvpipe.postprocess.detections import select_detections_numpy
 from cvpipe.tasks.instance_segmentation import predict_instances, select_instances
 from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
 
@@ -43,12 +43,8 @@ def predict_dense(model: nn.Module, images: np.ndarray, runtime: Runtime,
     return np.concatenate(boxes), np.concatenate(scores)
 
 
-def select(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float, iou_threshold: float | None,
-           max_detections: int) -> list[dict[str, np.ndarray]]:
-    """Final detections per image from dense candidates (the shared post-processing)."""
-    out = select_detections(torch.from_numpy(boxes), torch.from_numpy(scores), score_threshold=score_threshold,
-                            iou_threshold=iou_threshold, max_detections=max_detections)
-    return [{k: v.numpy() for k, v in d.items()} for d in out]
+# final detections per image from dense numpy candidates: the shared post-processing
+select = select_detections_numpy
 
 
 def load_ground_truth(prepared_dir: str | Path, split: str) -> dict[str, Any]:
