@@ -7,7 +7,16 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: venv pipeline pipeline-gpu test test-fast bench ui retrain clean
 
+# The venv is about 6.5 GB (torch 2.14.1 on x86_64 is the CUDA build and brings its nvidia-* wheels);
+# stop with a clear message instead of pip's ENOSPC halfway through. VENV_MIN_FREE_GB=0 skips the check.
+VENV_MIN_FREE_GB ?= 7
+
 $(VENV)/.installed: pyproject.toml
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	if [ ! -x $(BIN)/python ] && [ "$$free_kb" -lt $$(( $(VENV_MIN_FREE_GB) * 1024 * 1024 )) ]; then \
+	  echo "make: only $$(( free_kb / 1024 / 1024 )) GB free on $$(df -P . | awk 'NR==2 {print $$6}'); the venv needs about $(VENV_MIN_FREE_GB) GB (torch + nvidia wheels). Free some space, or set VENV_MIN_FREE_GB=0 to try anyway." >&2; \
+	  exit 1; \
+	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
