@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from cvpipe.config import ExportConfig
 from cvpipe.data.importers import import_dataset
 from cvpipe.data.prepare import prepare_dataset
 from cvpipe.data.synthetic import generate_shapes
+from cvpipe.device import resolve_runtime
+from cvpipe.runners import StageOutcome
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -68,3 +74,29 @@ def overfit(model: torch.nn.Module, criterion: torch.nn.Module, images: torch.Te
         optimizer.step()
         scheduler.step()
     return model.eval()
+
+
+@dataclass
+class StageResults:
+    epochs: list[dict]
+    evaluated: StageOutcome
+    tuned: dict  # the tune stage's JSON report
+    exported: StageOutcome
+    report_dir: Path
+
+
+def run_model_stages(runner, config, prepared: Path, tmp_path: Path) -> StageResults:
+    """A task runner's train → evaluate → tune → export on ``prepared``, as the stages call them, outside DVC."""
+    runtime = resolve_runtime("cpu")
+    model_dir, report_dir = tmp_path / "m", tmp_path / "r"
+    model_dir.mkdir()
+    epochs: list[dict] = []
+    runner.train(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir, runtime=runtime, seed=0,
+                 on_epoch_end=lambda epoch, row: epochs.append(row))
+    evaluated = runner.evaluate(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir,
+                                runtime=runtime, latency_runs=2)
+    tuned = json.loads(runner.tune(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir,
+                                   runtime=runtime).artifacts[1].read_text())
+    exported = runner.export(config, ExportConfig(latency_runs=2, parity_images=4), prepared=prepared,
+                             model_dir=model_dir, report_dir=report_dir)
+    return StageResults(epochs, evaluated, tuned, exported, report_dir)

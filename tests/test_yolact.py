@@ -4,18 +4,16 @@ the four stages end to end."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cvpipe.config import ExportConfig, InstanceSegmenterConfig
+from cvpipe.config import InstanceSegmenterConfig
 from cvpipe.data.arrays import load_array
 from cvpipe.data.detection_dataset import DetectionDataset, detection_augment
 from cvpipe.data.masks import encode_mask
-from cvpipe.device import resolve_runtime
 from cvpipe.errors import ConfigError
 from cvpipe.losses.yolact import YolactLoss
 from cvpipe.metrics.detection import coco_evaluate, detections_to_coco, targets_to_coco
@@ -26,7 +24,7 @@ from cvpipe.tasks.instance_segmentation import (dense_from_arrays, ground_truth_
                                                 select_instances)
 from cvpipe.tasks.detection import load_ground_truth
 from cvpipe.tuning.instance_thresholds import instance_threshold_grid, tune_instance_thresholds
-from tests.conftest import overfit
+from tests.conftest import overfit, run_model_stages
 
 MEAN, STD = [0.5] * 3, [0.2] * 3
 
@@ -235,24 +233,14 @@ def test_stages_end_to_end(tiny_prepared, tmp_path):
                                     "train": {"arch": "yolact", "epochs": 1, "batch_size": 8,
                                               "model": {"width": 8, "num_prototypes": 4}},
                                     "tune": {"score_thresholds": [0.05, 0.2], "mask_thresholds": [0.4, 0.6]}}}}
-    config = InstanceSegmenterConfig.from_params(params, "yolact")
-    runtime = resolve_runtime("cpu")
-    model_dir, report_dir = tmp_path / "m", tmp_path / "r"
-    model_dir.mkdir()
-    rows = []
-    runner.train(config, prepared=tiny_prepared, model_dir=model_dir, report_dir=report_dir, runtime=runtime, seed=0,
-                 on_epoch_end=lambda epoch, row: rows.append(row))
-    assert len(rows) == 1 and {"val_mask_map50", "train_loss_mask"} <= set(rows[0])
-    evaluated = runner.evaluate(config, prepared=tiny_prepared, model_dir=model_dir, report_dir=report_dir,
-                                runtime=runtime, latency_runs=2)
-    assert 0.0 <= evaluated.metrics["test_mask_map50"] <= 1.0 and (report_dir / "evaluate" / "overlays.png").is_file()
-    tuned = json.loads(runner.tune(config, prepared=tiny_prepared, model_dir=model_dir, report_dir=report_dir,
-                                   runtime=runtime).artifacts[1].read_text())
-    assert tuned["score_threshold"] in (0.05, 0.2) and tuned["mask_threshold"] in (0.4, 0.6)
-    assert len((report_dir / "tune" / "tune_grid.csv").read_text().splitlines()) == 1 + 4
-    exported = runner.export(config, ExportConfig(latency_runs=2, parity_images=4), prepared=tiny_prepared,
-                             model_dir=model_dir, report_dir=report_dir)
-    assert exported.metrics["export_same_detections"] == 1.0 and exported.metrics["export_mask_iou_mean"] >= 0.99
+    run = run_model_stages(runner, InstanceSegmenterConfig.from_params(params, "yolact"), tiny_prepared, tmp_path)
+    assert len(run.epochs) == 1 and {"val_mask_map50", "train_loss_mask"} <= set(run.epochs[0])
+    assert 0.0 <= run.evaluated.metrics["test_mask_map50"] <= 1.0
+    assert (run.report_dir / "evaluate" / "overlays.png").is_file()
+    assert run.tuned["score_threshold"] in (0.05, 0.2) and run.tuned["mask_threshold"] in (0.4, 0.6)
+    assert len((run.report_dir / "tune" / "tune_grid.csv").read_text().splitlines()) == 1 + 4
+    assert run.exported.metrics["export_same_detections"] == 1.0
+    assert run.exported.metrics["export_mask_iou_mean"] >= 0.99
     gt = ground_truth_instances(load_ground_truth(tiny_prepared, "test"))
     assert len(gt) == len(load_array(tiny_prepared, "test", "images")) and sum(len(g["rles"]) for g in gt) > 0
 
