@@ -57,6 +57,15 @@ class ShapesConfig:
     clutter: int = 8  # thin distractor strokes per scene
 
 
+# data.source → the params section under data that holds its importer's options, where the names differ
+# (the generator writes COCO, so `shapes` is read by the COCO importer with data.coco's options).
+IMPORTER_OPTIONS_SECTION = {"shapes": "coco"}
+
+
+def importer_options_section(source: str) -> str:
+    return IMPORTER_OPTIONS_SECTION.get(source, source)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """data: the source format, its path, and per format the keyword options of its importer
@@ -73,9 +82,8 @@ class DataConfig:
     masks: dict[str, Any] = field(default_factory=dict)
 
     def importer_options(self) -> dict[str, Any]:
-        """The options section of ``source`` (``shapes`` is read by the COCO importer)."""
-        section = "coco" if self.source == "shapes" else self.source
-        return dict(getattr(self, section, None) or {})
+        """The options section of ``source`` (see :data:`IMPORTER_OPTIONS_SECTION`)."""
+        return dict(getattr(self, importer_options_section(self.source), None) or {})
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "DataConfig":

@@ -30,6 +30,15 @@ TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 
 SWAPS_SIDES = {5, 6, 7, 8}  # orientations whose upright image is the stored one turned by 90°
 
 
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an open image: 2..8, or 1 when absent or not a valid orientation."""
+    try:
+        orientation = int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+    return orientation if orientation in TRANSPOSE else 1
+
+
 @dataclass(frozen=True)
 class FileFacts:
     """What validation learns from one file: stored size, EXIF orientation, mode, content hash."""
@@ -60,9 +69,7 @@ def inspect_file(path: Path) -> FileFacts:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            orientation = int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
-            return FileFacts(True, True, im.width, im.height, orientation if orientation in TRANSPOSE else 1, im.mode,
-                             sha1)
+            return FileFacts(True, True, im.width, im.height, exif_orientation(im), im.mode, sha1)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return FileFacts(exists=True, decodes=False, sha1=sha1, error=f"{type(exc).__name__}: {exc}")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from cvpipe.config import checked_kwargs
+from cvpipe.config import checked_kwargs, importer_options_section
 from cvpipe.data.canonical import CanonicalDataset
 from cvpipe.data.importers.coco import export_coco, import_coco
 from cvpipe.data.importers.imagefolder import export_csv, export_imagefolder, import_csv, import_imagefolder
@@ -37,7 +37,6 @@ IMPORTERS: dict[str, Callable[..., CanonicalDataset]] = {
     "csv": import_csv,
     "masks": import_mask_folder,
 }
-OPTIONS_SECTION = {"shapes": "coco"}  # data.source → its params section under data, when the names differ
 
 __all__ = ["IMPORTERS", "import_dataset", "export_coco", "export_csv", "export_imagefolder", "export_mask_folder",
            "export_voc", "export_yolo"]
@@ -50,6 +49,5 @@ def import_dataset(source: str, path: str | Path, options: dict[str, Any] | None
     if not Path(path).exists():
         raise ConfigError(f"params.yaml: data.path {str(path)!r} does not exist")
     importer = IMPORTERS[source]
-    section = OPTIONS_SECTION.get(source, source)
-    kwargs = checked_kwargs(importer, dict(options or {}), f"data.{section}")
+    kwargs = checked_kwargs(importer, dict(options or {}), f"data.{importer_options_section(source)}")
     return importer(path, **kwargs)

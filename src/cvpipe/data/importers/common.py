@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from cvpipe.data.canonical import ANNOTATION_COLUMNS, IMAGE_COLUMNS, CanonicalDataset
-from cvpipe.data.image_files import ORIENTATION_TAG, SWAPS_SIDES
+from cvpipe.data.image_files import SWAPS_SIDES, exif_orientation
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -50,7 +50,7 @@ def upright_size(path: Path) -> tuple[float, float]:
     try:
         with Image.open(path) as im:
             width, height = im.size
-            if int(im.getexif().get(ORIENTATION_TAG, 1) or 1) in SWAPS_SIDES:
+            if exif_orientation(im) in SWAPS_SIDES:
                 width, height = height, width
             return float(width), float(height)
     except (OSError, SyntaxError, ValueError):
