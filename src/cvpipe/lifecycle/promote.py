@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cvpipe.errors import ConfigError
 from cvpipe.lifecycle.bootstrap import paired_bootstrap
 from cvpipe.lifecycle.evaluation import check_metric, expected_class_names, latency_ms, scorer
@@ -115,7 +117,8 @@ def promote(*, name: str, task: str, challenger_version: str, prepared: Path, co
     if champion is None:
         outcome, reason = "promoted", "first model: no champion yet"
         if metric is not None:
-            report["challenger"][metric] = scorer(challenger_model, task, metric, prepared)(_all(prepared, task))
+            score = scorer(challenger_model, task, metric, prepared)
+            report["challenger"][metric] = score(np.arange(score.num_images))
     elif str(champion.version) == str(challenger_version):
         outcome, reason = "unchanged", "the challenger already is the champion"
     elif metric is None:
@@ -143,14 +146,6 @@ def promote(*, name: str, task: str, challenger_version: str, prepared: Path, co
     _log(client, name, challenger, report, report_path)
     log.info("%s v%s: %s (%s)", name, challenger_version, outcome, reason)
     return report
-
-
-def _all(prepared: Path, task: str) -> Any:
-    import numpy as np
-
-    from cvpipe.lifecycle.evaluation import test_inputs
-
-    return np.arange(len(test_inputs(task, prepared)))
 
 
 def _compare(report: dict[str, Any], challenger_model: Any, champion_model: Any, task: str, metric: str,
