@@ -122,8 +122,9 @@ class OnnxVisionModel(mlflow.pyfunc.PythonModel):
         return np.ascontiguousarray(resized.transpose(0, 3, 1, 2), dtype=np.float32), scales
 
     def _classify(self, logits: np.ndarray, params: dict[str, Any] | None) -> pd.DataFrame:
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        from scipy.special import softmax
+
+        probs = softmax(logits, axis=1)
         labels = probs.argmax(axis=1)
         scores = probs.max(axis=1)
         threshold = self._setting(params, "reject_threshold") or 0.0
@@ -139,14 +140,17 @@ class OnnxVisionModel(mlflow.pyfunc.PythonModel):
         dets = select_detections_numpy(boxes, scores, score_threshold=float(self._setting(params, "score_threshold")),
                                        iou_threshold=None if iou is None else float(iou),
                                        max_detections=int(self._setting(params, "max_detections")))
-        names = self.class_names
-        rows = {"boxes": [], "scores": [], "labels": [], "class_names": []}
+        rows: dict[str, list] = {"boxes": [], "scores": [], "labels": [], "class_names": []}
         for det, scale in zip(dets, scales):
-            rows["boxes"].append((det["boxes"].astype(np.float64) / scale).tolist())
-            rows["scores"].append(det["scores"].astype(np.float64).tolist())
-            rows["labels"].append(det["labels"].astype(np.int64).tolist())
-            rows["class_names"].append([names[i] for i in det["labels"]])
+            self._append_detections(rows, det, scale)
         return pd.DataFrame(rows)
+
+    def _append_detections(self, rows: dict[str, list], det: dict[str, np.ndarray], scale: float) -> None:
+        """One image's boxes (back on the caller's pixel grid), scores, labels and class names as row cells."""
+        rows["boxes"].append((det["boxes"].astype(np.float64) / scale).tolist())
+        rows["scores"].append(det["scores"].astype(np.float64).tolist())
+        rows["labels"].append(det["labels"].astype(np.int64).tolist())
+        rows["class_names"].append([self.class_names[i] for i in det["labels"]])
 
     def _instances(self, outputs: list[np.ndarray], size: tuple[int, int], scales: list[float],
                    params: dict[str, Any] | None) -> pd.DataFrame:
@@ -158,30 +162,24 @@ class OnnxVisionModel(mlflow.pyfunc.PythonModel):
                                  iou_threshold=float(self._setting(params, "nms_iou_threshold")),
                                  max_detections=int(self._setting(params, "max_detections")),
                                  mask_threshold=float(self._setting(params, "mask_threshold")))
-        names = self.class_names
         rows: dict[str, list] = {"boxes": [], "scores": [], "labels": [], "class_names": [], "masks": []}
         for inst, scale in zip(found, scales):
             rles = inst["segmentations"]
             if tuple(size) != tuple(self.input_size):  # masks back onto the caller's grid, like the label maps
                 rles = [encode_mask(_unletterbox(m.astype(np.uint8), scale, size) > 0)
                         for m in decode_rles(rles, self.input_size)]
-            rows["boxes"].append((inst["boxes"].astype(np.float64) / scale).tolist())
-            rows["scores"].append(inst["scores"].astype(np.float64).tolist())
-            rows["labels"].append(inst["labels"].astype(np.int64).tolist())
-            rows["class_names"].append([names[i] for i in inst["labels"]])
+            self._append_detections(rows, inst, scale)
             rows["masks"].append([{"size": [int(v) for v in r["size"]], "counts": r["counts"]} for r in rles])
         return pd.DataFrame(rows)
 
     def _segment(self, logits: np.ndarray, size: tuple[int, int], scales: list[float],
                  params: dict[str, Any] | None) -> np.ndarray:
+        from scipy.special import expit, softmax
+
         from cvpipe.tasks.segmentation import labels_from_probabilities
 
         logits = logits.astype(np.float64)
-        if logits.shape[1] == 1:
-            probs = 1.0 / (1.0 + np.exp(-logits))
-        else:
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs = shifted / shifted.sum(axis=1, keepdims=True)
+        probs = expit(logits) if logits.shape[1] == 1 else softmax(logits, axis=1)
         labels = labels_from_probabilities(probs.astype(np.float32), threshold=self._setting(params, "mask_threshold"),
                                            min_area=int(self._setting(params, "min_area") or 0),
                                            fill_holes=bool(self.meta.get("fill_holes", False)))
