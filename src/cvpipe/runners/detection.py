@@ -33,10 +33,11 @@ from cvpipe.models.detector import DecodedDetector
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.registry import build_criterion, build_detector
 from cvpipe.plots import save_curve, save_detection_overlays, save_grid_curves
+from cvpipe.postprocess.detections import select_detections_numpy as select
 from cvpipe.runners import StageOutcome, export_latencies, save_trained, write_json
 from cvpipe.tasks.classification import latency_ms
 from cvpipe.tasks.detection import (COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores, load_ground_truth,
-                                    predict_dense, select, split_targets, train_detector)
+                                    predict_dense, split_targets, train_detector)
 from cvpipe.training.checkpoint import fingerprint as make_fingerprint
 from cvpipe.tuning.detection_thresholds import count_matches, tune_detection_thresholds
 

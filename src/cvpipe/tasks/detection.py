@@ -43,10 +43,6 @@ def predict_dense(model: nn.Module, images: np.ndarray, runtime: Runtime,
     return np.concatenate(boxes), np.concatenate(scores)
 
 
-# final detections per image from dense numpy candidates: the shared post-processing
-select = select_detections_numpy
-
-
 def load_ground_truth(prepared_dir: str | Path, split: str) -> dict[str, Any]:
     """The split's COCO ground truth in prepared coordinates (image order = array order)."""
     with (Path(prepared_dir) / split / "instances.json").open() as fh:
@@ -98,7 +94,7 @@ def train_detector(model: nn.Module, criterion: nn.Module, *, prepared_dir: str 
             return {}
         coco = dict(score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms_iou, max_detections=COCO_MAX_DETECTIONS)
         if not with_masks:
-            stats = coco_scores(val_gt, select(*predict_dense(net, val_images, runtime), **coco))
+            stats = coco_scores(val_gt, select_detections_numpy(*predict_dense(net, val_images, runtime), **coco))
             return {"map50": stats["map50"], "map50_95": stats["map50_95"]}
         dense = predict_instances(net, val_images, runtime)
         instances = select_instances(dense, mask_threshold=0.5, **coco)
