@@ -21,10 +21,10 @@ def main() -> None:
         tracking.log_outcome(outcome.metrics, outcome.artifacts, "export")
         test_metrics = json.loads((stage.report_dir / "metrics.json").read_text())
         version = tracking.register_onnx_model(
-            stage.model_dir / "model.onnx", registered_name=name,
-            input_example=stage.runner.onnx_input_example(stage.prepared), task=stage.task,
+            stage.model_dir / "model.onnx", registered_name=name, task=stage.task,
+            input_example=stage.runner.onnx_input_example(stage.prepared),
             tags={"git_commit": run.data.tags.get("git_commit", "unknown"),
-                  "data_hash": run.data.tags.get("data_hash", "unknown"), "task": stage.task,
+                  "data_hash": run.data.tags.get("data_hash", "unknown"),
                   **{f"test_{k}": str(v) for k, v in test_metrics.items()}})
     (stage.model_dir / "registry.json").write_text(json.dumps({"name": name, "version": version,
                                                                 "alias": "challenger"}, indent=2))

@@ -167,9 +167,9 @@ def registry(tmp_path, monkeypatch):
     def register(*, good: bool, data_hash: str, class_names: list[str] = CLASSES) -> str:
         path = _onnx_classifier(tmp_path / f"{'good' if good else 'bad'}.onnx", good=good, class_names=class_names)
         with mlflow.start_run(experiment_id=experiment):
-            return tracking.register_onnx_model(path, registered_name="toy-classifier",
+            return tracking.register_onnx_model(path, registered_name="toy-classifier", task="classification",
                                                 input_example=np.zeros((1, 8, 8, 3), np.uint8),
-                                                tags={"task": "classification", "data_hash": data_hash})
+                                                tags={"data_hash": data_hash})
 
     yield register
     mlflow.set_tracking_uri(previous)

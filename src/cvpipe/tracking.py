@@ -218,13 +218,13 @@ def log_outcome(metrics: dict[str, float], artifacts: list[Path], artifact_dir: 
         mlflow.log_artifact(str(path), artifact_path=artifact_dir)
 
 
-def register_onnx_model(onnx_path: str | Path, *, registered_name: str, input_example: Any,
-                        tags: dict[str, str], alias: str = "challenger", task: str | None = None) -> str:
+def register_onnx_model(onnx_path: str | Path, *, registered_name: str, task: str, input_example: Any,
+                        tags: dict[str, str], alias: str = "challenger") -> str:
     """Log the ONNX file as an MLflow pyfunc model (:class:`cvpipe.serving.OnnxVisionModel`: the ONNX graph with its
     pre- and post-processing and tuned thresholds) on the active run, register a new version, set ``alias``.
 
     ``input_example``: images, uint8 [N, H, W, 3], or the ONNX graph's float32 [N, 3, H, W] 0..255 input (turned
-    back into images). ``task`` defaults to ``tags["task"]``. Returns the version number; load it with
+    back into images). The version is tagged ``task`` and ``tags``. Returns the version number; load it with
     ``mlflow.pyfunc.load_model(f"models:/{name}@{alias}")``.
     """
     import mlflow
@@ -235,7 +235,6 @@ def register_onnx_model(onnx_path: str | Path, *, registered_name: str, input_ex
     import cvpipe
     from cvpipe import serving
 
-    task = task or tags["task"]
     example = np.asarray(input_example)
     if example.ndim == 4 and example.shape[1] == 3 and example.dtype != np.uint8:
         example = example.transpose(0, 2, 3, 1).round().clip(0, 255).astype(np.uint8)
@@ -247,7 +246,7 @@ def register_onnx_model(onnx_path: str | Path, *, registered_name: str, input_ex
         tags={"task": task})
     version = str(info.registered_model_version)
     client = MlflowClient()
-    for key, value in tags.items():
+    for key, value in {"task": task, **tags}.items():
         client.set_model_version_tag(registered_name, version, key, value)
     client.set_registered_model_alias(registered_name, alias, version)
     return version

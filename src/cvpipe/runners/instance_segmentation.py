@@ -147,7 +147,7 @@ def tune(config: InstanceSegmenterConfig, *, prepared: Path, model_dir: Path, re
                      ylabel="F1, mean over mask IoU 0.5:0.95 (val)", title="Operating point grid (validation)")
     paths = [write_json(model_dir / "thresholds.json", thresholds), write_json(report_dir / "tune.json", result),
              out / "tune_grid.csv", out / "tune_grid.png"]
-    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
     return StageOutcome(metrics=metrics, artifacts=paths)
 
 
