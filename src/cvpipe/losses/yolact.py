@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cvpipe.losses.yolo import YoloLoss
+from cvpipe.postprocess.instance_masks import box_crop
 
 
 class YolactLoss(YoloLoss):
@@ -75,12 +76,9 @@ class YolactLoss(YoloLoss):
             gt_masks = F.interpolate(target["masks"][g].float().unsqueeze(1), size=(proto_h, proto_w),
                                      mode="area")[:, 0]  # [P_b, H_p, W_p] covered fraction
             logits = torch.einsum("pk,khw->phw", coeffs[b, loc_idx[rows]], protos[b])
-            # centres of proto cells in image px, inside the GT box → counted
-            xs = (torch.arange(proto_w, device=protos.device, dtype=torch.float32) + 0.5) * (image_w / proto_w)
-            ys = (torch.arange(proto_h, device=protos.device, dtype=torch.float32) + 0.5) * (image_h / proto_h)
-            boxes = target["boxes"][g].float()
-            in_box = (((xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3]))[:, None, :]
-                      & ((ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4]))[:, :, None]).float()
+            # proto cells whose centre (in image px) lies inside the GT box are counted
+            in_box = box_crop(target["boxes"][g].float(), (proto_h, proto_w),
+                              cell=(image_h / proto_h, image_w / proto_w)).float()
             bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none")
             losses.append((bce * in_box).sum(dim=(1, 2)) / in_box.sum(dim=(1, 2)).clamp(min=1.0))
         return torch.cat(losses).sum() / len(keep)

@@ -34,11 +34,21 @@ def mask_probabilities(protos: torch.Tensor | np.ndarray, coeffs: torch.Tensor |
                          f"{tuple(boxes.shape)} do not fit together ([D, k], [k, H, W], [D, 4])")
     logits = (coeffs @ protos.flatten(1)).view(len(coeffs), 1, *protos.shape[1:])
     probs = torch.sigmoid(F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False))[:, 0]
-    xs = torch.arange(width, dtype=torch.float32) + 0.5
-    ys = torch.arange(height, dtype=torch.float32) + 0.5
+    return probs * box_crop(boxes, (height, width))
+
+
+def box_crop(boxes: torch.Tensor, grid: tuple[int, int], cell: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """YOLACT's crop: bool [D, H, W], True where the centre of grid cell (i, j) lies inside box d.
+
+    boxes [D, 4] xyxy in image px; grid (H, W) cells of ``cell`` = (height, width) px each, so cell (i, j) has its
+    centre at ((j + 0.5) · cell_w, (i + 0.5) · cell_h): pixels for the final masks, prototype cells in the loss.
+    """
+    (height, width), (cell_h, cell_w) = grid, cell
+    xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) * cell_w
+    ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) * cell_h
     inside_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])  # [D, W]
     inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])  # [D, H]
-    return probs * (inside_y[:, :, None] & inside_x[:, None, :])
+    return inside_y[:, :, None] & inside_x[:, None, :]
 
 
 def assemble_masks(protos: torch.Tensor | np.ndarray, coeffs: torch.Tensor | np.ndarray,
