@@ -70,27 +70,16 @@ class CocoScorer:
     """
 
     def __init__(self, gt: dict, predictions: list[dict], metric: str = "map50_95", iou_type: str = "bbox") -> None:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-        from cvpipe.metrics.detection import check_gt, check_predictions
+        from cvpipe.metrics.detection import coco_evaluator
 
         if metric not in COCO_IOU_SLICES:
             raise ValueError(f"detection metric must be one of {sorted(COCO_IOU_SLICES)}, got {metric!r}")
-        check_gt(gt, iou_type)
-        check_predictions(predictions, gt, iou_type)
         self.metric = metric
-        # with a "bbox" beside the mask, loadRes would take the box area as the instance area (as coco_evaluate)
-        dets = [{k: v for k, v in p.items() if not (iou_type == "segm" and k == "bbox")} for p in predictions]
+        self.evaluator = coco_evaluator(gt, predictions, iou_type)
+        params = self.evaluator.params
+        params.imgIds = [im["id"] for im in sorted(gt["images"], key=lambda im: im.get("index", im["id"]))]
+        params.areaRng, params.areaRngLbl, params.maxDets = [[0, 1e10]], ["all"], [100]  # only what AP needs
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO()
-            coco_gt.dataset = copy.deepcopy(gt)
-            coco_gt.createIndex()
-            coco_dt = coco_gt.loadRes(dets) if dets else _empty_results(coco_gt)
-            self.evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-            params = self.evaluator.params
-            params.imgIds = [im["id"] for im in sorted(gt["images"], key=lambda im: im.get("index", im["id"]))]
-            params.areaRng, params.areaRngLbl, params.maxDets = [[0, 1e10]], ["all"], [100]  # only what AP needs
             self.evaluator.evaluate()
         self.image_ids = list(params.imgIds)
         self.per_image = list(self.evaluator.evalImgs)  # [K * N], category-major (one area range)
@@ -109,16 +98,6 @@ class CocoScorer:
         precision = ev.eval["precision"][COCO_IOU_SLICES[self.metric], :, :, 0, -1]  # [T, R, K]
         valid = precision[precision > -1]
         return float(valid.mean()) if valid.size else -1.0
-
-
-def _empty_results(coco_gt: object) -> object:
-    from pycocotools.coco import COCO
-
-    coco_dt = COCO()
-    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
-                       "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []}
-    coco_dt.createIndex()
-    return coco_dt
 
 
 @dataclass(frozen=True)

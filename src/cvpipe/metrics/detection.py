@@ -70,13 +70,8 @@ def check_predictions(predictions: list[dict], gt: dict, iou_type: str = "bbox")
                              f"not a category of the ground truth {sorted(category_ids)}")
 
 
-def coco_evaluate(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> dict[str, Any]:
-    """COCOeval on in-memory GT and results.
-
-    Returns the twelve ``COCOeval.stats`` under :data:`STAT_KEYS`, ``per_class`` (list of {"class",
-    "category_id", "ap50_95", "ap50"}, -1 for a class without ground truth), ``summary`` (the text
-    ``COCOeval.summarize`` prints) and ``pr_curve`` ({"iou": 0.5, "recall": 101 points 0..1, "precision":
-    interpolated precision averaged over the classes that have ground truth, area all, maxDets 100}).
+def coco_evaluator(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> COCOeval:
+    """A checked, not yet evaluated ``COCOeval`` of ``predictions`` against ``gt`` (both in memory, copied).
 
     Empty ``predictions``: ``COCO.loadRes`` rejects [], so the results object is built with no annotations
     and COCOeval runs as usual: 0 wherever ground truth exists, -1 where it does not.
@@ -85,12 +80,9 @@ def coco_evaluate(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> 
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     check_gt(gt, iou_type)
     check_predictions(predictions, gt, iou_type)
-    # COCOeval rewrites annotations in place (polygons → RLE) and loadRes adds keys: work on copies.
-    dets = [dict(p) for p in predictions]
-    if iou_type == "segm":
-        # With a "bbox" present loadRes takes the box area as the instance area (wrong size bucket).
-        for d in dets:
-            d.pop("bbox", None)
+    # COCOeval rewrites annotations in place (polygons → RLE) and loadRes adds keys: work on copies. With a
+    # "bbox" beside a mask, loadRes would take the box area as the instance area (wrong size bucket).
+    dets = [{k: v for k, v in p.items() if not (iou_type == "segm" and k == "bbox")} for p in predictions]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)
@@ -102,14 +94,29 @@ def coco_evaluate(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> 
             coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
                                "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []}
             coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        return COCOeval(coco_gt, coco_dt, iouType=iou_type)
+
+
+def coco_evaluate(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> dict[str, Any]:
+    """COCOeval on in-memory GT and results.
+
+    Returns the twelve ``COCOeval.stats`` under :data:`STAT_KEYS`, ``per_class`` (list of {"class",
+    "category_id", "ap50_95", "ap50"}, -1 for a class without ground truth), ``summary`` (the text
+    ``COCOeval.summarize`` prints) and ``pr_curve`` ({"iou": 0.5, "recall": 101 points 0..1, "precision":
+    interpolated precision averaged over the classes that have ground truth, area all, maxDets 100}).
+
+    Empty ``predictions``: ``COCO.loadRes`` rejects [], so the results object is built with no annotations
+    and COCOeval runs as usual: 0 wherever ground truth exists, -1 where it does not.
+    """
+    evaluator = coco_evaluator(gt, predictions, iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         evaluator.summarize()
     result: dict[str, Any] = {k: float(v) for k, v in zip(STAT_KEYS, evaluator.stats)}
-    result["per_class"] = _per_class(evaluator, coco_gt)
+    result["per_class"] = _per_class(evaluator, evaluator.cocoGt)
     result["summary"] = summary.getvalue()
     result["pr_curve"] = _pr_curve(evaluator)
     return result
