@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,3 +68,21 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+def predict_in_batches(model: torch.nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int,
+                       outputs: Callable[[torch.nn.Module, torch.Tensor], Sequence[torch.Tensor]]) -> list[np.ndarray]:
+    """``outputs(model, x)`` over uint8 images [N, H, W, 3] in batches, in eval mode on the runtime's device (AMP,
+    memory format); each output tensor concatenated over the batches as a NumPy array ([] when N = 0)."""
+    from cvpipe.models.preprocess import to_model_input
+
+    parts: list[list[np.ndarray]] = []
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            x = runtime.prepare_input(to_model_input(images[start:start + batch_size]))
+            with runtime.autocast():
+                tensors = outputs(model, x)
+            parts = parts or [[] for _ in tensors]
+            for part, tensor in zip(parts, tensors):
+                part.append(tensor.cpu().numpy())
+    return [np.concatenate(part) for part in parts]

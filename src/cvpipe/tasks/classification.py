@@ -16,10 +16,9 @@ from torch.utils.data import DataLoader
 from cvpipe.config import ClassifierConfig
 from cvpipe.data.arrays import CropDataset, load_array
 from cvpipe.data.transforms import classification_augment
-from cvpipe.device import Runtime, eval_mode
+from cvpipe.device import Runtime, eval_mode, predict_in_batches
 from cvpipe.metrics.classification import confusion_matrix, per_class_precision_recall, topk_accuracy
 from cvpipe.models.classifier import SmallResNet
-from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.weights import load_pretrained
 from cvpipe.training.checkpoint import fingerprint as make_fingerprint
 from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
@@ -37,18 +36,12 @@ def build_classifier(config: ClassifierConfig, meta: dict[str, Any]) -> nn.Modul
     return model
 
 
-@torch.no_grad()
 def predict_probs(model: nn.Module, crops: np.ndarray, runtime: Runtime, batch_size: int = 256) -> np.ndarray:
     """Softmax probabilities [N, K] for uint8 crops [N, C, C, 3], in batches."""
-    outputs = []
-    with eval_mode(model):
-        for start in range(0, len(crops), batch_size):
-            x = runtime.prepare_input(to_model_input(crops[start:start + batch_size]))
-            with runtime.autocast():
-                logits = model(x)
-            outputs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    probs = predict_in_batches(model, crops, runtime, batch_size,
+                               lambda net, x: [torch.softmax(net(x).float(), dim=1)])
     k = model.head.out_features if hasattr(model, "head") else 0
-    return np.concatenate(outputs) if outputs else np.zeros((0, k), np.float32)
+    return probs[0] if probs else np.zeros((0, k), np.float32)
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:

@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader
 
 from cvpipe.data.arrays import load_array
 from cvpipe.data.detection_dataset import DetectionDataset, collate_detection, detection_augment
-from cvpipe.device import Runtime, eval_mode
+from cvpipe.device import Runtime, predict_in_batches
 from cvpipe.metrics.detection import coco_evaluate, detections_to_coco
-from cvpipe.models.preprocess import to_model_input
 from cvpipe.postprocess.detections import select_detections_numpy
 from cvpipe.tasks.instance_segmentation import predict_instances, select_instances
 from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
@@ -28,19 +27,12 @@ COCO_SCORE_THRESHOLD = 0.001  # the COCO protocol scores (almost) every candidat
 COCO_MAX_DETECTIONS = 100
 
 
-@torch.no_grad()
 def predict_dense(model: nn.Module, images: np.ndarray, runtime: Runtime,
                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Decoded candidates for uint8 images [N, S, S, 3]: boxes [N, A, 4] xyxy abs px, scores [N, A, K]."""
-    boxes, scores = [], []
-    with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            x = runtime.prepare_input(to_model_input(images[start:start + batch_size]))
-            with runtime.autocast():
-                b, s = model.decode(model(x))
-            boxes.append(b.float().cpu().numpy())
-            scores.append(s.float().cpu().numpy())
-    return np.concatenate(boxes), np.concatenate(scores)
+    boxes, scores = predict_in_batches(model, images, runtime, batch_size,
+                                       lambda net, x: [t.float() for t in net.decode(net(x))])
+    return boxes, scores
 
 
 def load_ground_truth(prepared_dir: str | Path, split: str) -> dict[str, Any]:

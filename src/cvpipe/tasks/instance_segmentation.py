@@ -17,8 +17,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from cvpipe.data.masks import encode_masks, pycocotools_rle
-from cvpipe.device import Runtime, eval_mode
-from cvpipe.models.preprocess import to_model_input
+from cvpipe.device import Runtime, predict_in_batches
 from cvpipe.postprocess.detections import select_detections
 from cvpipe.postprocess.instance_masks import mask_probabilities
 
@@ -37,18 +36,11 @@ class DenseInstances:
         return len(self.boxes)
 
 
-@torch.no_grad()
 def predict_instances(model: nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int = 64) -> DenseInstances:
     """Run ``model.decode_instances`` over uint8 images [N, S, S, 3] in batches."""
-    parts: list[list[np.ndarray]] = [[], [], [], []]
-    with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            x = runtime.prepare_input(to_model_input(images[start:start + batch_size]))
-            with runtime.autocast():
-                outputs = model.decode_instances(model(x))
-            for part, tensor in zip(parts, outputs):
-                part.append(tensor.float().cpu().numpy())
-    return DenseInstances(*(np.concatenate(p) for p in parts), image_size=tuple(images.shape[1:3]))
+    parts = predict_in_batches(model, images, runtime, batch_size,
+                               lambda net, x: [t.float() for t in net.decode_instances(net(x))])
+    return DenseInstances(*parts, image_size=tuple(images.shape[1:3]))
 
 
 def dense_from_arrays(boxes: np.ndarray, scores: np.ndarray, coeffs: np.ndarray, protos: np.ndarray,

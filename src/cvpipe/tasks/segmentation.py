@@ -14,26 +14,21 @@ from torch.utils.data import DataLoader
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import IGNORE_INDEX
 from cvpipe.data.segmentation_dataset import SegmentationDataset, binary_target, segmentation_augment
-from cvpipe.device import Runtime, eval_mode
+from cvpipe.device import Runtime, predict_in_batches
 from cvpipe.metrics.segmentation import segmentation_scores, update_confusion
-from cvpipe.models.preprocess import to_model_input
 from cvpipe.postprocess.masks import clean_mask, probabilities_to_labels
 from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
 
 
-@torch.no_grad()
 def predict_probabilities(model: nn.Module, images: np.ndarray, runtime: Runtime,
                           batch_size: int = 32) -> np.ndarray:
     """float16 [N, C, S, S] probabilities (softmax over K+1 channels, or sigmoid of 1 in binary mode)."""
-    out = []
-    with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            x = runtime.prepare_input(to_model_input(images[start:start + batch_size]))
-            with runtime.autocast():
-                logits = model(x).float()
-            probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-            out.append(probs.cpu().numpy().astype(np.float16))
-    return np.concatenate(out)
+    def probabilities(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        logits = net(x).float()
+        probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+        return [probs.half()]  # float16 per batch: a split's probabilities at half the memory
+
+    return predict_in_batches(model, images, runtime, batch_size, probabilities)[0]
 
 
 def labels_from_probabilities(probs: np.ndarray, *, threshold: float | None, min_area: int,
