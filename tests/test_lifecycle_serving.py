@@ -3,12 +3,12 @@ letterboxing in, boxes and masks mapped back to the caller's pixels, tuned thres
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cvpipe.export import save_onnx
 from cvpipe.serving import OnnxVisionModel, signature
 
 SIZE = 32
@@ -16,7 +16,6 @@ SIZE = 32
 
 def _constant_graph(path: Path, outputs: dict[str, np.ndarray], metadata: dict) -> Path:
     """images float [B, 3, SIZE, SIZE] → each output = 0 × mean(images) + constant (broadcast over the batch)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=1),  # [B, 1, 1, 1]
@@ -33,12 +32,7 @@ def _constant_graph(path: Path, outputs: dict[str, np.ndarray], metadata: dict) 
         graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *value.shape[1:]]))
     graph = helper.make_graph(nodes, "constant", [helper.make_tensor_value_info(
         "images", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])], graph_outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(model, str(path))
-    return path
+    return save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path, metadata)
 
 
 def test_detection_keeps_tuned_detections_and_maps_boxes_back_through_the_letterbox(tmp_path):

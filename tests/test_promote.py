@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from cvpipe.export import save_onnx
 from cvpipe.lifecycle.bootstrap import (AccuracyScorer, CocoScorer, ConfusionScorer, paired_bootstrap)
 from cvpipe.metrics.detection import coco_evaluate
 from cvpipe.metrics.segmentation import segmentation_scores, update_confusion
@@ -133,7 +134,6 @@ def _prepared(root: Path, data_hash: str, seed: int, class_names: list[str] = CL
 
 def _onnx_classifier(path: Path, *, good: bool, class_names: list[str] = CLASSES) -> Path:
     """logits = 0.01 × channel means (right on every crop) when ``good``, else constant (always class 0)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
@@ -143,12 +143,8 @@ def _onnx_classifier(path: Path, *, good: bool, class_names: list[str] = CLASSES
              helper.make_node("Mul", ["mean", "scale"], ["scaled"]), helper.make_node("Add", ["scaled", "bias"], ["logits"])]
     graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    for key, value in {"class_names": class_names, "reject_threshold": 0.0}.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(model, str(path))
-    return path
+    return save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path,
+                     {"class_names": class_names, "reject_threshold": 0.0})
 
 
 @pytest.fixture

@@ -35,13 +35,20 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
                                 input_names=[input_name], output_names=list(output_names),
                                 dynamic_shapes=({0: batch},), optimize=True, verbose=False)
     program.save(str(path))
-    proto = onnx.load(str(path))
-    for key, value in (metadata or {}).items():
+    return save_onnx(onnx.load(str(path)), path, metadata or {})
+
+
+def save_onnx(proto: Any, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Check and save an ONNX ModelProto with ``metadata`` in its ``metadata_props`` (values as JSON strings, as
+    :func:`onnx_metadata` reads them)."""
+    import onnx
+
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-    return path
+    return Path(path)
 
 
 def onnx_session(path: str | Path) -> Any:
