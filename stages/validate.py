@@ -58,6 +58,11 @@ def main() -> None:
     if not report.success and config.on_error == "fail":
         raise DataValidationError(f"{report.message(config.max_examples)}\nfull report: {args.report} "
                                   f"and {args.report_md}")
+    empty = [name for name, table in (("images", kept.images), ("annotations", kept.annotations),
+                                      ("classes", kept.categories)) if table.empty]
+    if empty:  # nothing to train on: a clear stop, never an empty dataset handed to prepare
+        raise DataValidationError(f"rule 'dataset not empty': no {' and no '.join(empty)} left after validation "
+                                  f"({len(quarantined)} rows quarantined, see {args.quarantine} and {args.report_md})")
     kept.info = {**kept.info, "validation": {"images": len(kept.images), "annotations": len(kept.annotations),
                                              "quarantined": len(quarantined)}}
     kept.save(args.out)

@@ -30,7 +30,7 @@ def test_planted_faults_are_each_reported_by_rule_file_and_value(dataset):
     ann.loc[2, "category_id"] = 42
     ann.loc[3, "ann_id"] = ann.loc[4, "ann_id"]
     ann.loc[5, "image_id"] = 9999
-    ann.loc[6, "h"] = np.inf
+    ann.loc[ann.index[-1], "h"] = np.inf  # on the last image, whose file is fine (a bad file's boxes are not judged)
     (dataset.image_root / dataset.images.file_name[1]).unlink()
     (dataset.image_root / dataset.images.file_name[2]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     dataset.images.loc[3, "width"] = 65
@@ -39,6 +39,7 @@ def test_planted_faults_are_each_reported_by_rule_file_and_value(dataset):
         "box width positive": 1, "box right edge inside image": 1, "known class id": 1, "annotation ids unique": 2,
         "annotation paired with an image": 1, "box h finite": 1, "image file exists": 1, "image file decodes": 1,
         "label width matches file": 1,
+        "segmentation valid": 2,  # the 65 px image's two RLE masks are 64 px wide
     }
     message = report.message(5)
     assert "rule 'known class id'" in message and "category_id=42" in message

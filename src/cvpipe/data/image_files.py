@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from cvpipe.data.file_checks import MISSING, REGULAR, UnreadableFile, file_kind, read_regular_bytes
 
 ORIENTATION_TAG = 274  # EXIF Orientation
 # EXIF orientation → the PIL transpose that makes the image upright (as ImageOps.exif_transpose does).
@@ -44,13 +47,14 @@ class FileFacts:
     """What validation learns from one file: stored size, EXIF orientation, mode, content hash."""
 
     exists: bool
-    decodes: bool
+    decodes: bool | None  # None: not a regular file, so never opened (rule "image is a regular file")
     width: int | None = None  # stored pixels, before EXIF orientation
     height: int | None = None
     orientation: int = 1
     mode: str | None = None
     sha1: str | None = None
     error: str | None = None
+    kind: str = REGULAR  # cvpipe.data.file_checks.file_kind
 
     @property
     def upright_size(self) -> tuple[int | None, int | None]:
@@ -59,18 +63,67 @@ class FileFacts:
         return self.width, self.height
 
 
-def inspect_file(path: Path) -> FileFacts:
-    """Read and fully decode ``path`` (a truncated or corrupt file fails here, not later in training)."""
+def check_pixel_count(width: int, height: int) -> None:
+    """Raise :class:`UnreadableFile` when ``width × height`` exceeds ``PIL.Image.MAX_IMAGE_PIXELS`` (a
+    decompression bomb: a small file that would decode to gigabytes)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise UnreadableFile(f"decompression bomb: {width}x{height} = {width * height} pixels exceed the limit of "
+                             f"{int(limit)} (PIL.Image.MAX_IMAGE_PIXELS)")
+
+
+def open_checked(source: str | Path | io.BytesIO) -> Image.Image:
+    """``Image.open`` that refuses decompression bombs (above :func:`check_pixel_count`'s limit) before
+    any pixel is decoded, as :class:`UnreadableFile`; other decode faults raise as PIL raises them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise UnreadableFile(f"decompression bomb: {exc}") from None
     try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return FileFacts(exists=False, decodes=False, error="file not found")
+        check_pixel_count(*image.size)
+    except UnreadableFile:
+        image.close()
+        raise
+    return image
+
+
+def header_size(path: Path) -> tuple[float, float]:
+    """Width and height of the upright image (EXIF orientation applied) from the header only; NaN when the
+    path is not a regular file (never opened), not an image, or a decompression bomb (validation says why)."""
+    if file_kind(path) != REGULAR:
+        return float("nan"), float("nan")
+    try:
+        with open_checked(path) as im:
+            width, height = im.size
+            if exif_orientation(im) in SWAPS_SIDES:
+                width, height = height, width
+            return float(width), float(height)
+    except (OSError, SyntaxError, ValueError, UnreadableFile):
+        return float("nan"), float("nan")
+
+
+def inspect_file(path: Path) -> FileFacts:
+    """Check what ``path`` is (a FIFO, device or directory is never opened), then read and fully decode it:
+    a truncated or corrupt file, or a decompression bomb, fails here, not later in training."""
+    kind = file_kind(path)
+    if kind == MISSING:
+        return FileFacts(exists=False, decodes=False, error="file not found", kind=kind)
+    if kind != REGULAR:
+        return FileFacts(exists=True, decodes=None, error=f"is a {kind}, not a regular file", kind=kind)
+    try:
+        data = read_regular_bytes(path)
+    except UnreadableFile as exc:  # vanished or unreadable between the stat and the read
+        return FileFacts(exists=True, decodes=False, error=str(exc))
     sha1 = hashlib.sha1(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_checked(io.BytesIO(data)) as im:
             im.load()
             return FileFacts(True, True, im.width, im.height, exif_orientation(im), im.mode, sha1)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except UnreadableFile as exc:
+        return FileFacts(exists=True, decodes=False, sha1=sha1, error=str(exc))
+    except (OSError, SyntaxError, ValueError) as exc:
         return FileFacts(exists=True, decodes=False, sha1=sha1, error=f"{type(exc).__name__}: {exc}")
 
 

@@ -1,9 +1,15 @@
 """Great Expectations suites over the canonical tables, and the report they produce.
 
-Each rule is one GX expectation with a human name. Derived columns (does the file exist, does it
-decode, its upright size and content hash, where does the box end, is the image in two splits) are
-computed once here so every rule is a plain column expectation that GX evaluates and reports with the
-offending rows. Rules on optional columns (label files, masks) join the suite when an importer wrote them.
+Each rule is one GX expectation with a human name (the suite: :mod:`cvpipe.data.validation_rules`).
+Derived columns (does the file exist, is it a regular file, does it decode, its upright size and content
+hash, does its name stay inside data.path, where does the box end, is the segmentation decodable, is the
+image in two splits) are computed once here and in :mod:`cvpipe.data.validation_columns`, so every rule is
+a plain column expectation that GX evaluates and reports with the offending rows. Rules on optional
+columns (label files, masks, COCO field types, bad label lines) join the suite when an importer wrote them.
+
+One fault, one rule: a row that already breaks a rule of its own (a label line that does not parse, a
+COCO field of the wrong type) or whose image file is unusable gets neutral stand-ins in the derived
+columns of the other rules, as an annotation of a missing image compares against an infinite size.
 
 Before the rules run, the dataset is normalised (both steps listed in the report):
 - EXIF orientation: boxes and masks drawn on the stored pixels of a rotated file are mapped to the
@@ -28,8 +34,10 @@ import numpy as np
 import pandas as pd
 
 from cvpipe.data.canonical import CanonicalDataset
-from cvpipe.data.image_files import inspect_file, orient_boxes, orient_mask
-from cvpipe.data.masks import decode_segmentation, encode_mask
+from cvpipe.data.validation_normalise import clip_boxes, normalise_orientation
+from cvpipe.data.validation_columns import (blank_labels, category_table, inspect_images, outside_reasons,
+                                            segmentation_errors, usable)
+from cvpipe.data.validation_rules import Rule, build_rules
 from cvpipe.errors import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -37,16 +45,6 @@ ROW = "row"  # column carrying the table row number, so reports and quarantine c
 SPLIT_PRIORITY = {"train": 0, "val": 1, "test": 2}  # a leaked copy is flagged in the later split
 QUOTE_COLUMNS = ("file_name", "image_id", "ann_id", "label_file")  # identify a row; the rest of a row is its value
 LIST_COLUMNS = ("segmentation", "mask_values")  # not for GX
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One named expectation on one table; ``ids`` are the columns quoted when it fails."""
-
-    name: str
-    table: str
-    expectation: Any
-    ids: tuple[str, ...]
 
 
 @dataclass
@@ -94,81 +92,19 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def inspect_image_files(images: pd.DataFrame, image_root: Path) -> pd.DataFrame:
-    """One row per image: file_exists, decodes, stored_width/height, orientation, mode, sha1, decode_error."""
-    facts = [inspect_file(image_root / str(name)) for name in images["file_name"]]
-    return pd.DataFrame({
-        # decodes is None for a missing file: GX skips nulls, so only "image file exists" reports it
-        "file_exists": [f.exists for f in facts], "decodes": [f.decodes if f.exists else None for f in facts],
-        "stored_width": [f.width for f in facts], "stored_height": [f.height for f in facts],
-        "upright_width": [f.upright_size[0] for f in facts], "upright_height": [f.upright_size[1] for f in facts],
-        "orientation": [f.orientation for f in facts], "mode": [f.mode for f in facts],
-        "sha1": [f.sha1 for f in facts], "decode_error": [f.error for f in facts],
-    }, index=images.index)
-
-
-def normalise_orientation(dataset: CanonicalDataset, files: pd.DataFrame, exif_labels: str
-                          ) -> tuple[CanonicalDataset, list[dict[str, Any]]]:
-    """Map the labels of EXIF-rotated files from stored to upright pixels where they were drawn on the stored
-    ones: ``exif_labels`` "stored" / "upright" says so for every file; "auto" decides per file by which size
-    the labels give (stored when both fit, as with a 180° turn). An importer's ``label_frame`` column wins."""
-    images, annotations = dataset.images.copy(), dataset.annotations.copy()
-    frames = images["label_frame"] if "label_frame" in images else pd.Series(None, index=images.index)
-    oriented = []
-    rotated = files.index[(files["decodes"] == True) & (files["orientation"] != 1)]  # noqa: E712 (None: missing)
-    for idx in rotated:
-        fact, row = files.loc[idx], images.loc[idx]
-        frame = frames.loc[idx] if isinstance(frames.loc[idx], str) else exif_labels
-        size = (row["width"], row["height"])
-        stored, upright = (fact.stored_width, fact.stored_height), (fact.upright_width, fact.upright_height)
-        if frame == "upright" or size != stored:
-            continue  # already upright, or a size mismatch the rules report (auto: sizes tell the frame)
-        mine = annotations.index[annotations["image_id"] == row["image_id"]]
-        boxes = orient_boxes(annotations.loc[mine, ["x", "y", "w", "h"]].to_numpy(), int(fact.orientation),
-                             *stored)
-        annotations.loc[mine, ["x", "y", "w", "h"]] = boxes
-        for a in mine:
-            seg = annotations.at[a, "segmentation"]
-            if seg is not None:
-                mask = decode_segmentation(seg, int(stored[1]), int(stored[0]))
-                annotations.at[a, "segmentation"] = encode_mask(orient_mask(mask, int(fact.orientation)))
-        images.loc[idx, ["width", "height"]] = upright
-        oriented.append({"file_name": row["file_name"], "orientation": int(fact.orientation),
-                         "stored_size": [int(v) for v in stored], "annotations": len(mine)})
-    return replace(dataset, images=images, annotations=annotations), oriented
-
-
-def clip_boxes(dataset: CanonicalDataset, tolerance_px: float) -> tuple[CanonicalDataset, list[dict[str, Any]]]:
-    """Clip every finite box that overhangs its image by more than ``tolerance_px``; returns the list."""
-    ann = dataset.annotations.copy()
-    sizes = dataset.images.drop_duplicates("image_id").set_index("image_id")[["width", "height", "file_name"]]
-    width = ann["image_id"].map(sizes["width"]).to_numpy(float)
-    height = ann["image_id"].map(sizes["height"]).to_numpy(float)
-    x0, y0 = ann["x"].to_numpy(float), ann["y"].to_numpy(float)
-    x1, y1 = x0 + ann["w"].to_numpy(float), y0 + ann["h"].to_numpy(float)
-    with np.errstate(invalid="ignore"):
-        over = ((x0 < -tolerance_px) | (y0 < -tolerance_px) | (x1 > width + tolerance_px)
-                | (y1 > height + tolerance_px)) & np.isfinite(x1 + y1 + width + height)
-    clipped = []
-    for i in np.flatnonzero(over):
-        before = [float(v) for v in (x0[i], y0[i], x1[i] - x0[i], y1[i] - y0[i])]
-        nx0, ny0 = min(max(x0[i], 0), width[i]), min(max(y0[i], 0), height[i])
-        nx1, ny1 = min(max(x1[i], 0), width[i]), min(max(y1[i], 0), height[i])
-        after = [float(nx0), float(ny0), float(nx1 - nx0), float(ny1 - ny0)]
-        ann.iloc[i, [ann.columns.get_loc(c) for c in ("x", "y", "w", "h")]] = after
-        ann.iloc[i, ann.columns.get_loc("area")] = after[2] * after[3]
-        clipped.append({"file_name": sizes["file_name"].get(ann.iloc[i]["image_id"]),
-                        "ann_id": _plain(ann.iloc[i]["ann_id"]), "before": before, "after": after})
-    return replace(dataset, annotations=ann), clipped
-
-
-def image_table(dataset: CanonicalDataset, files: pd.DataFrame) -> pd.DataFrame:
-    """The images table with the file facts and the derived columns the image rules test."""
+def image_table(dataset: CanonicalDataset, files: pd.DataFrame, outside: list[str | None]) -> pd.DataFrame:
+    """The images table with the file facts and the derived columns the image rules test; ``outside`` is
+    the per-row reason a name leaves data.path (None where it stays inside or that is allowed)."""
     images = pd.concat([dataset.images, files], axis=1)
+    images["outside_data_path"] = outside
+    if "field_error" in images:  # a mistyped width or height: "image fields well-typed" alone reports it
+        images.loc[images["field_error"].notna(), ["width", "height"]] = np.nan
     # A missing or undecodable file compares equal, so only "exists"/"decodes" report it.
-    decoded = images["decodes"].fillna(False).astype(bool)
-    images["decoded_width"] = images["upright_width"].where(decoded, images["width"])
-    images["decoded_height"] = images["upright_height"].where(decoded, images["height"])
+    decoded = usable(files)
+    images["decoded_width"] = images["upright_width"].where(decoded, images["width"]).astype(float)
+    images["decoded_height"] = images["upright_height"].where(decoded, images["height"]).astype(float)
+    unsized = images["width"].isna() | images["height"].isna()  # labels gave no size: another rule says why
+    images.loc[unsized, ["decoded_width", "decoded_height"]] = images.loc[unsized, ["width", "height"]].to_numpy()
     images["leak_split"] = _leaked_into(images)
     if "mask_values" in images:
         known = set(dataset.categories["category_id"].dropna().astype(int))
@@ -190,13 +126,36 @@ def _leaked_into(images: pd.DataFrame) -> list[str | None]:
     return out
 
 
-def annotation_geometry(dataset: CanonicalDataset, tolerance_px: float) -> pd.DataFrame:
-    """Annotations with their image's size and file name, box ends, and non-finite values as NaN."""
+def annotation_geometry(dataset: CanonicalDataset, tolerance_px: float, *, segmentation_error: list[str | None],
+                        unusable_image_ids: set[Any]) -> pd.DataFrame:
+    """Annotations with their image's size and file name, box ends, non-finite values as NaN,
+    ``segmentation_error`` and (when the source labels are text) ``blank_label``.
+
+    Neutral stand-ins (see the module docstring): rows with their own ``parse_error``/``field_error`` get a
+    unit box and a known class; annotations of an image whose file is unusable, or of no image, an
+    infinite image size."""
     ann = dataset.annotations.drop(columns=["segmentation"]).replace([np.inf, -np.inf], np.nan)
+    ann = ann.reset_index(drop=True)
+    ann["segmentation_error"] = segmentation_error
+    if "source_label" in ann:
+        ann["blank_label"] = blank_labels(ann)
+    own = pd.Series(False, index=ann.index)
+    for column in ("parse_error", "field_error"):
+        if column in ann:
+            own |= ann[column].notna()
+    ann.loc[own, ["x", "y", "w", "h"]] = [0.0, 0.0, 1.0, 1.0]
+    known = dataset.categories["category_id"].dropna()
+    if len(known):
+        ann.loc[own, "category_id"] = known.iloc[0]
+    if "blank_label" in ann:
+        ann.loc[own, "blank_label"] = False
     sizes = dataset.images[["image_id", "file_name", "width", "height"]].drop_duplicates("image_id")
     ann = ann.merge(sizes.rename(columns={"width": "img_width", "height": "img_height"}), on="image_id", how="left")
     ann["file_name"] = ann["file_name"].fillna("<no image>")
-    # Missing image: compare against an infinite size so only the pairing rule reports it.
+    ann[["img_width", "img_height"]] = ann[["img_width", "img_height"]].astype(float)
+    # Missing or unusable image: compare against an infinite size so only the image's rule reports it.
+    ann.loc[ann["image_id"].isin(unusable_image_ids), ["img_width", "img_height"]] = np.inf
+    ann.loc[ann["image_id"].isin(unusable_image_ids), ["x", "y", "w", "h"]] = [0.0, 0.0, 1.0, 1.0]
     ann["img_width"] = ann["img_width"].fillna(np.inf)
     ann["img_height"] = ann["img_height"].fillna(np.inf)
     ann["x_min_tol"] = ann["x"] + tolerance_px
@@ -204,65 +163,6 @@ def annotation_geometry(dataset: CanonicalDataset, tolerance_px: float) -> pd.Da
     ann["x_max_tol"] = ann["x"] + ann["w"] - tolerance_px
     ann["y_max_tol"] = ann["y"] + ann["h"] - tolerance_px
     return ann
-
-
-def build_rules(image_ids: list[int], category_ids: list[int], image_columns: set[str] | None = None,
-                annotation_columns: set[str] | None = None) -> list[Rule]:
-    """The suite: every rule the canonical tables must satisfy (optional columns add their rules)."""
-    import great_expectations as gx
-
-    e = gx.expectations
-    image_columns, annotation_columns = image_columns or set(), annotation_columns or set()
-    num_classes = len(category_ids)
-    img = ("file_name", "image_id") + (("label_file",) if "label_file" in image_columns else ())
-    ann = ("file_name", "ann_id") + (("source_label",) if "source_label" in annotation_columns else ())
-    cat = ("category_id", "name")
-    optional = [
-        ("label_file", Rule("image has a label file", "images", e.ExpectColumnValuesToNotBeNull(column="label_file"),
-                            ("file_name", "image_id"))),
-        ("label_error", Rule("label file parses", "images", e.ExpectColumnValuesToBeNull(column="label_error"), img)),
-        ("mask_out_of_range", Rule("mask values within class range", "images",
-                                   e.ExpectColumnValuesToBeNull(column="mask_out_of_range"), img)),
-    ]
-    return [
-        Rule("image ids present", "images", e.ExpectColumnValuesToNotBeNull(column="image_id"), img),
-        Rule("image ids unique", "images", e.ExpectColumnValuesToBeUnique(column="image_id"), img),
-        Rule("image file names unique", "images", e.ExpectColumnValuesToBeUnique(column="file_name"), img),
-        Rule("image file exists", "images", e.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]), img),
-        Rule("image file decodes", "images", e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
-             img + ("decode_error",)),
-        *[rule for column, rule in optional if column in image_columns],
-        Rule("label width matches file", "images",
-             e.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="decoded_width"), img),
-        Rule("label height matches file", "images",
-             e.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="decoded_height"), img),
-        Rule("image in one split only (no leakage)", "images", e.ExpectColumnValuesToBeNull(column="leak_split"),
-             img + ("split",)),
-        Rule("annotation ids unique", "annotations", e.ExpectColumnValuesToBeUnique(column="ann_id"), ann),
-        Rule("annotation paired with an image", "annotations",
-             e.ExpectColumnValuesToBeInSet(column="image_id", value_set=image_ids), ann),
-        Rule("known class id", "annotations",
-             e.ExpectColumnValuesToBeInSet(column="category_id", value_set=category_ids), ann),
-        *[Rule(f"box {c} finite", "annotations", e.ExpectColumnValuesToNotBeNull(column=c), ann) for c in "xywh"],
-        Rule("box width positive", "annotations",
-             e.ExpectColumnValuesToBeBetween(column="w", min_value=0, strict_min=True), ann),
-        Rule("box height positive", "annotations",
-             e.ExpectColumnValuesToBeBetween(column="h", min_value=0, strict_min=True), ann),
-        Rule("box left edge inside image", "annotations",
-             e.ExpectColumnValuesToBeBetween(column="x_min_tol", min_value=0), ann),
-        Rule("box top edge inside image", "annotations",
-             e.ExpectColumnValuesToBeBetween(column="y_min_tol", min_value=0), ann),
-        Rule("box right edge inside image", "annotations",
-             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="img_width", column_B="x_max_tol", or_equal=True,
-                                                         ignore_row_if="either_value_is_missing"), ann),
-        Rule("box bottom edge inside image", "annotations",
-             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="img_height", column_B="y_max_tol", or_equal=True,
-                                                         ignore_row_if="either_value_is_missing"), ann),
-        Rule("class ids unique", "categories", e.ExpectColumnValuesToBeUnique(column="category_id"), cat),
-        Rule("class ids contiguous from 1", "categories",
-             e.ExpectColumnValuesToBeInSet(column="category_id", value_set=list(range(1, num_classes + 1))), cat),
-        Rule("class names unique", "categories", e.ExpectColumnValuesToBeUnique(column="name"), cat),
-    ]
 
 
 def run_rules(tables: dict[str, pd.DataFrame], rules: list[Rule]) -> ValidationReport:
@@ -334,22 +234,35 @@ def quarantine(dataset: CanonicalDataset, report: ValidationReport) -> tuple[Can
 
 
 def validate_dataset(dataset: CanonicalDataset, *, tolerance_px: float, out_of_bounds: str = "reject",
-                     exif_labels: str = "auto") -> ValidationReport:
-    """Inspect the files, normalise orientation (and clip, if asked), then run the whole suite.
+                     exif_labels: str = "auto", allow_outside_paths: bool = False) -> ValidationReport:
+    """Inspect the files, check segmentations, normalise orientation (and clip, if asked), run the suite.
 
-    The returned report's ``checked`` dataset has the same rows in the same order as ``dataset``.
+    A file name outside data.path (absolute, or ``..`` climbing out) breaks "file name inside data.path"
+    and the file is never opened, unless ``allow_outside_paths``: then it is checked like any other and
+    listed under the report's ``outside_data_path`` note. Segmentations that break "segmentation valid" are
+    never decoded. The returned report's ``checked`` dataset has the same rows in the same order as ``dataset``.
     """
-    files = inspect_image_files(dataset.images, dataset.image_root)
-    dataset, oriented = normalise_orientation(dataset, files, exif_labels)
+    outside = outside_reasons(dataset)
+    skip = [reason is not None and not allow_outside_paths for reason in outside]
+    files = inspect_images(dataset, skip)
+    seg_errors = segmentation_errors(dataset)
+    bad_segmentations = {k for k, error in enumerate(seg_errors) if error is not None}
+    dataset, oriented = normalise_orientation(dataset, files, exif_labels, bad_segmentations)
     clipped: list[dict[str, Any]] = []
     if out_of_bounds == "clip":
         dataset, clipped = clip_boxes(dataset, tolerance_px)
-    images = image_table(dataset, files)
-    annotations = annotation_geometry(dataset, tolerance_px)
-    tables = {"images": images, "annotations": annotations, "categories": dataset.categories}
+    images = image_table(dataset, files, [None if allow_outside_paths else r for r in outside])
+    unusable = set(dataset.images.loc[~usable(files), "image_id"].dropna())
+    annotations = annotation_geometry(dataset, tolerance_px, segmentation_error=seg_errors,
+                                      unusable_image_ids=unusable)
+    categories = category_table(dataset.categories)
+    tables = {"images": images, "annotations": annotations, "categories": categories}
     image_ids = [int(i) for i in images["image_id"].dropna().unique()]
     category_ids = [int(i) for i in dataset.categories["category_id"].dropna().unique()]
-    report = run_rules(tables, build_rules(image_ids, category_ids, set(images.columns), set(annotations.columns)))
-    report.notes = {"oriented": oriented, "clipped": clipped}
+    report = run_rules(tables, build_rules(image_ids, category_ids, set(images.columns), set(annotations.columns),
+                                           set(categories.columns)))
+    report.notes = {"oriented": oriented, "clipped": clipped,
+                    "outside_data_path": [{"file_name": name, "reason": reason} for name, reason
+                                          in zip(dataset.images["file_name"], outside) if reason is not None]}
     report.checked, report.files = dataset, files
     return report

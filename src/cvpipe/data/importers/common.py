@@ -10,10 +10,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 import pandas as pd
-from PIL import Image
 
 from cvpipe.data.canonical import ANNOTATION_COLUMNS, IMAGE_COLUMNS, CanonicalDataset
-from cvpipe.data.image_files import SWAPS_SIDES, exif_orientation
+from cvpipe.data.file_checks import UnreadableFile, read_text
+from cvpipe.data.image_files import header_size
+from cvpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -22,15 +23,24 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
 UNKNOWN_CLASS = 0  # category_id of a label whose class is not among the dataset's classes (rule "known class id")
 
 
-def list_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (any depth, extension case ignored, hidden files skipped), as sorted
-    POSIX paths relative to ``folder``."""
+def list_files(folder: Path, extensions: Iterable[str]) -> list[str]:
+    """Entries under ``folder`` (any depth, extension case ignored, hidden names skipped) whose suffix is in
+    ``extensions``, as sorted POSIX paths relative to ``folder``.
+
+    Every entry with such a name is listed whatever it is (FIFO, device, directory, symlink loop), so
+    validation names it (rule "image is a regular file") instead of skipping it silently; only ``stat`` is
+    used, nothing is opened. Symlinked folders are not descended into (no loop can recur)."""
     if not folder.is_dir():
         return []
+    suffixes = {e.lower() for e in extensions}
     found = [p.relative_to(folder).as_posix() for p in folder.rglob("*")
-             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+             if p.suffix.lower() in suffixes and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(found)
+
+
+def list_images(folder: Path) -> list[str]:
+    """Image files under ``folder`` (see :func:`list_files`)."""
+    return list_files(folder, IMAGE_EXTENSIONS)
 
 
 def split_of(relative: str) -> str | None:
@@ -45,16 +55,9 @@ def stem_key(relative: str) -> str:
 
 
 def upright_size(path: Path) -> tuple[float, float]:
-    """Width and height of the upright image (EXIF orientation applied), from the header only; NaN when
-    the file cannot be opened (validation reports why)."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if exif_orientation(im) in SWAPS_SIDES:
-                width, height = height, width
-            return float(width), float(height)
-    except (OSError, SyntaxError, ValueError):
-        return float("nan"), float("nan")
+    """Width and height of the upright image from its header (:func:`cvpipe.data.image_files.header_size`):
+    NaN for a special file, an undecodable file or a decompression bomb (validation reports why)."""
+    return header_size(path)
 
 
 @dataclass
@@ -82,12 +85,18 @@ class TableBuilder:
                                  "iscrowd": iscrowd, "segmentation": segmentation, **extra})
 
     def build(self, image_root: Path, info: dict[str, Any], source_ids: list[Any] | None = None) -> CanonicalDataset:
+        """The canonical tables (also with no annotation at all: every column is there, zero rows).
+
+        Without ``class_names`` the classes are the sorted non-blank labels seen; a blank label gets
+        ``UNKNOWN_CLASS`` (rule "class label not empty" names it)."""
         names = list(self.class_names) if self.class_names is not None else sorted(
-            {str(a["source_label"]) for a in self.annotations})
+            {str(a["source_label"]) for a in self.annotations if _label_text(a["source_label"])})
         ids = {name: k + 1 for k, name in enumerate(names)}
         images = pd.DataFrame(self.images, columns=_columns(IMAGE_COLUMNS, self.images))
-        annotations = pd.DataFrame(self.annotations, columns=_columns(ANNOTATION_COLUMNS, self.annotations))
-        annotations["category_id"] = [ids.get(str(label), UNKNOWN_CLASS) for label in annotations["source_label"]]
+        annotations = pd.DataFrame(self.annotations,
+                                   columns=_columns(ANNOTATION_COLUMNS + ["source_label"], self.annotations))
+        annotations["category_id"] = [ids.get(str(label), UNKNOWN_CLASS) if _label_text(label) else UNKNOWN_CLASS
+                                      for label in annotations["source_label"]]
         for col in ("x", "y", "w", "h", "area"):
             annotations[col] = pd.to_numeric(annotations[col], errors="coerce").astype(float)
         for col in ("width", "height"):
@@ -96,6 +105,11 @@ class TableBuilder:
         if source_ids is not None:
             categories["source_id"] = source_ids
         return CanonicalDataset(images, annotations, categories, image_root, {**info, "class_names": names})
+
+
+def _label_text(label: Any) -> str:
+    """The label as text, stripped; "" for a blank or missing one."""
+    return "" if label is None or (isinstance(label, float) and label != label) else str(label).strip()
 
 
 def _columns(core: list[str], rows: list[dict[str, Any]]) -> list[str]:
@@ -118,5 +132,11 @@ def class_name_of(dataset: CanonicalDataset) -> dict[int, str]:
     return {int(r.category_id): str(r.name) for r in dataset.categories.itertuples()}
 
 
-def read_lines(path: Path) -> Iterable[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+def read_lines(path: Path) -> list[str]:
+    """The non-blank, stripped lines of a dataset-wide text file (class names, split lists); a file that
+    is not UTF-8 or not a regular file is a :class:`ConfigError` naming it."""
+    try:
+        text = read_text(path)
+    except UnreadableFile as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -6,6 +6,9 @@ no ``train.txt`` exists). Boxes are taken as pixel edges: x = xmin, w = xmax - x
 convention). ``difficult`` is kept as a column and, with ``difficult_as_crowd``, marks the object
 iscrowd=1 so training skips it and COCOeval neither rewards nor punishes it, as VOC's own metric does.
 An XML without objects is a negative image; an image without XML breaks "image has a label file".
+An object whose box is missing or not numeric is a row with ``parse_error`` (rule "label line parses"),
+the other objects of the file are read as usual; an XML that is not well-formed, not UTF-8 (without an
+encoding declaration) or not a regular file breaks "label file parses".
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.file_checks import UnreadableFile, escapes_root, read_regular_bytes
 from cvpipe.data.importers.common import (TableBuilder, annotations_by_image, class_name_of, copy_image,
-                                          list_images, read_lines, stem_key, upright_size)
+                                          list_files, list_images, read_lines, stem_key, upright_size)
 from cvpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,14 +41,43 @@ def _number(node: ET.Element | None, tag: str) -> float:
         return float("nan")
 
 
+def _box_problem(box: ET.Element | None) -> str | None:
+    """Why an object's ``<bndbox>`` gives no box (missing, or a coordinate that is not a number), or None."""
+    if box is None:
+        return "no <bndbox>"
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        value = _text(box, tag)
+        try:
+            float("nan" if value is None else value)
+        except ValueError:
+            return f"<{tag}> is not a number: {value[:30]!r}"
+        if value is None:
+            return f"no <{tag}>"
+    return None
+
+
 def parse_voc_xml(path: Path) -> dict[str, Any]:
-    """One VOC file → {filename, width, height, objects: [{name, xmin, ymin, xmax, ymax, difficult}]}."""
-    root = ET.parse(path).getroot()
+    """One VOC file → {filename, width, height, objects: [{name, xmin, ymin, xmax, ymax, difficult,
+    parse_error}]}. Raises ``ET.ParseError`` or :class:`UnreadableFile` (never opens a special file)."""
+    data = read_regular_bytes(path)
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        prolog = data[:200].split(b"?>", 1)[0]
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            if b"encoding" not in prolog:
+                raise UnreadableFile(f"not UTF-8 text (byte 0x{data[bad.start]:02x} at offset {bad.start}) and no "
+                                     "encoding declaration; save it as UTF-8") from None
+        raise exc
     size = root.find("size")
     objects = []
-    for obj in root.iter("object"):
+    for index, obj in enumerate(root.iter("object"), start=1):
         box = obj.find("bndbox")
+        problem = _box_problem(box)
         objects.append({"name": _text(obj, "name", ""), "difficult": int(_number(obj, "difficult") == 1),
+                        "parse_error": f"object {index}: {problem}" if problem else None,
                         **{k: _number(box, k) for k in ("xmin", "ymin", "xmax", "ymax")}})
     return {"filename": _text(root, "filename"), "width": _number(size, "width"), "height": _number(size, "height"),
             "objects": objects}
@@ -88,14 +121,12 @@ def import_voc(path: str | Path, *, images: str = "JPEGImages", annotations: str
     split_of_id = _split_lists(root / splits)
     builder = TableBuilder(class_names=class_names)
     labelled: set[str] = set()
-    xml_files = sorted(p.relative_to(xml_dir).as_posix() for p in xml_dir.rglob("*")
-                       if p.suffix.lower() == ".xml" and p.is_file())
-    for rel in xml_files:
+    for rel in list_files(xml_dir, (".xml",)):
         label_file = f"{annotations}/{rel}"
         try:
             doc = parse_voc_xml(xml_dir / rel)
             error = None
-        except ET.ParseError as exc:
+        except (ET.ParseError, UnreadableFile) as exc:
             doc, error = {"filename": None, "width": float("nan"), "height": float("nan"), "objects": []}, str(exc)
         sub = str(PurePosixPath(rel).parent)
         given = doc["filename"]
@@ -106,7 +137,8 @@ def import_voc(path: str | Path, *, images: str = "JPEGImages", annotations: str
             file_name = given or f"{stem_key(rel)}.jpg"
         labelled.add(file_name)
         width, height = doc["width"], doc["height"]
-        if not (width > 0 and height > 0):  # many tools leave <size> empty or 0: read it from the file
+        # many tools leave <size> empty or 0: read it from the file (never one outside data.path)
+        if not (width > 0 and height > 0) and escapes_root(file_name, image_dir, root) is None:
             width, height = upright_size(image_dir / file_name)
         image_id = builder.add_image(file_name, width, height, _split(split_of_id, rel),
                                      label_file=label_file, label_error=error)
@@ -114,7 +146,7 @@ def import_voc(path: str | Path, *, images: str = "JPEGImages", annotations: str
             x0, y0 = obj["xmin"], obj["ymin"]
             crowd = obj["difficult"] if difficult_as_crowd else 0
             builder.add_box(image_id, obj["name"], x0, y0, obj["xmax"] - x0, obj["ymax"] - y0, iscrowd=crowd,
-                            difficult=obj["difficult"])
+                            difficult=obj["difficult"], parse_error=obj["parse_error"])
     for file_name in image_files:
         if file_name not in labelled:
             width, height = upright_size(image_dir / file_name)

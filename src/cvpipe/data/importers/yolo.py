@@ -4,8 +4,13 @@ Each image ``images/<p>/<name>.<ext>`` pairs with ``labels/<p>/<name>.txt``; a l
 normalised to the upright image (0..1), or ``class x1 y1 x2 y2 ...`` (a YOLO segmentation polygon, kept as
 a COCO polygon with its bounding box). An empty label file is a negative image. Class index i becomes
 category_id i + 1. Splits: ``train``/``val``/``test`` entries of ``data.yaml`` (folders or .txt lists of
-image paths), else a split-named first folder (``images/train/...``). A malformed line breaks rule
-"label file parses" with its line number.
+image paths), else a split-named first folder (``images/train/...``).
+
+Every non-blank line is one annotation row, so kept + quarantined always equals the lines of the label
+files: a malformed line is a row with ``parse_error`` ("line 3: not numbers: ...", rule "label line
+parses"), and the lines after it are read as usual; a label file without an image still contributes its
+lines (on a row for the missing image). A label file that cannot be read (not UTF-8, a FIFO...) breaks
+"label file parses". LabelImg's ``labels/classes.txt`` is a class list, not a label file.
 """
 
 from __future__ import annotations
@@ -16,15 +21,34 @@ from typing import Any
 import yaml
 
 from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.file_checks import MISSING, UnreadableFile, file_kind, read_text
 from cvpipe.data.importers.common import (SPLIT_NAMES, TableBuilder, annotations_by_image, class_name_of,
-                                          copy_image, list_images, read_lines, split_of, stem_key, upright_size)
+                                          copy_image, list_files, list_images, read_lines, split_of, stem_key,
+                                          upright_size)
 from cvpipe.errors import ConfigError
 
 
-def _names(root: Path, data_yaml: str, class_names: list[str] | None) -> tuple[list[str], dict[str, Any]]:
-    spec: dict[str, Any] = {}
-    if (root / data_yaml).is_file():
-        spec = yaml.safe_load((root / data_yaml).read_text(encoding="utf-8")) or {}
+CLASS_LIST = "classes.txt"  # LabelImg writes it into the labels folder
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    """data.yaml as a dict ({} when absent); a ConfigError naming the file when it cannot be used."""
+    if file_kind(path) == MISSING:
+        return {}
+    try:
+        spec = yaml.safe_load(read_text(path)) or {}
+    except UnreadableFile as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'names', got {type(spec).__name__}")
+    return spec
+
+
+def _names(root: Path, label_dir: Path, data_yaml: str, class_names: list[str] | None
+           ) -> tuple[list[str], dict[str, Any]]:
+    spec = _read_spec(root / data_yaml)
     if class_names is not None:
         return list(class_names), spec
     names = spec.get("names")
@@ -32,8 +56,9 @@ def _names(root: Path, data_yaml: str, class_names: list[str] | None) -> tuple[l
         return [str(names[k]) for k in sorted(names, key=int)], spec
     if isinstance(names, list):
         return [str(n) for n in names], spec
-    if (root / "classes.txt").is_file():
-        return list(read_lines(root / "classes.txt")), spec
+    for candidate in (root / CLASS_LIST, label_dir / CLASS_LIST):
+        if file_kind(candidate) != MISSING:
+            return list(read_lines(candidate)), spec
     raise ConfigError(f"{root / data_yaml}: no class names (give 'names' there, a classes.txt, "
                       "or data.yolo.class_names in params.yaml)")
 
@@ -61,28 +86,43 @@ def _yaml_splits(root: Path, image_dir: Path, spec: dict[str, Any]) -> dict[str,
     return out
 
 
-def _parse_label(path: Path, width: float, height: float) -> tuple[list[dict[str, Any]], str | None]:
-    objects = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+def parse_label(text: str, width: float, height: float) -> list[dict[str, Any]]:
+    """The lines of a YOLO label file → one dict per non-blank line: label, x, y, w, h (absolute px of the
+    ``width`` × ``height`` upright image; NaN when the size is unknown), segmentation, and ``parse_error``
+    (None, or "line N: why" with a NaN box)."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
+        nan = float("nan")
+        bad = {"label": tokens[0], "x": nan, "y": nan, "w": nan, "h": nan, "segmentation": None}
         try:
             cls, values = int(tokens[0]), [float(t) for t in tokens[1:]]
         except ValueError:
-            return objects, f"line {number}: not numbers: {line.strip()[:60]!r}"
+            rows.append({**bad, "parse_error": f"line {number}: not numbers: {line.strip()[:60]!r}"})
+            continue
         if len(values) == 4:
             cx, cy, w, h = values
-            objects.append({"label": str(cls), "x": (cx - w / 2) * width, "y": (cy - h / 2) * height,
-                            "w": w * width, "h": h * height, "segmentation": None})
+            rows.append({"label": str(cls), "x": (cx - w / 2) * width, "y": (cy - h / 2) * height,
+                         "w": w * width, "h": h * height, "segmentation": None, "parse_error": None})
         elif len(values) >= 6 and len(values) % 2 == 0:
             xs, ys = [v * width for v in values[0::2]], [v * height for v in values[1::2]]
             polygon = [c for xy in zip(xs, ys) for c in xy]
-            objects.append({"label": str(cls), "x": min(xs), "y": min(ys), "w": max(xs) - min(xs),
-                            "h": max(ys) - min(ys), "segmentation": [polygon]})
+            rows.append({"label": str(cls), "x": min(xs), "y": min(ys), "w": max(xs) - min(xs),
+                         "h": max(ys) - min(ys), "segmentation": [polygon], "parse_error": None})
         else:
-            return objects, f"line {number}: expected 'class cx cy w h' or a polygon, got {len(tokens)} values"
-    return objects, None
+            rows.append({**bad, "parse_error": f"line {number}: expected 'class cx cy w h' or a polygon of at "
+                                               f"least 3 points, got {len(tokens)} values"})
+    return rows
+
+
+def _read_label(path: Path, width: float, height: float) -> tuple[list[dict[str, Any]], str | None]:
+    """(rows of :func:`parse_label`, None), or ([], why) when the file cannot be read as text."""
+    try:
+        return parse_label(read_text(path), width, height), None
+    except UnreadableFile as exc:
+        return [], str(exc)
 
 
 def import_yolo(path: str | Path, *, images: str = "images", labels: str = "labels", data_yaml: str = "data.yaml",
@@ -92,23 +132,24 @@ def import_yolo(path: str | Path, *, images: str = "images", labels: str = "labe
     image_dir, label_dir = root / images, root / labels
     if not image_dir.is_dir():
         raise ConfigError(f"{image_dir}: YOLO images folder not found (data.path, data.yolo.images)")
-    names, spec = _names(root, data_yaml, class_names)
+    names, spec = _names(root, label_dir, data_yaml, class_names)
     splits = _yaml_splits(root, image_dir, spec)
-    label_files = {stem_key(p.relative_to(label_dir).as_posix()): p.relative_to(label_dir).as_posix()
-                   for p in label_dir.rglob("*.txt") if p.is_file()} if label_dir.is_dir() else {}
+    label_files = {stem_key(rel): rel for rel in list_files(label_dir, (".txt",)) if rel != CLASS_LIST}
     builder = TableBuilder(class_names=[str(k) for k in range(len(names))])
+
+    def add(file_name: str, width: float, height: float, split: str | None, label: str | None) -> None:
+        rows, error = _read_label(label_dir / label, width, height) if label else ([], None)
+        image_id = builder.add_image(file_name, width, height, split, label_file=f"{labels}/{label}" if label else None,
+                                     label_error=error, label_frame="upright")
+        for row in rows:
+            builder.add_box(image_id, row.pop("label"), **row)
+
     for file_name in list_images(image_dir):
-        label = label_files.pop(stem_key(file_name), None)
         width, height = upright_size(image_dir / file_name)
-        objects, error = _parse_label(label_dir / label, width, height) if label else ([], None)
-        image_id = builder.add_image(file_name, width, height, splits.get(file_name, split_of(file_name)),
-                                     label_file=f"{labels}/{label}" if label else None, label_error=error,
-                                     label_frame="upright")
-        for obj in objects:
-            builder.add_box(image_id, obj.pop("label"), **obj)
+        label = label_files.pop(stem_key(file_name), None)
+        add(file_name, width, height, splits.get(file_name, split_of(file_name)), label)
     for stem, label in sorted(label_files.items()):  # labels without an image: "image file exists" names them
-        builder.add_image(f"{stem}.*", float("nan"), float("nan"), split_of(label), label_file=f"{labels}/{label}",
-                          label_error=None, label_frame="upright")
+        add(f"{stem}.*", float("nan"), float("nan"), split_of(label), label)
     dataset = builder.build(image_dir, {"source": "yolo", "path": str(root)}, source_ids=list(range(len(names))))
     dataset.categories["name"] = names
     dataset.info["class_names"] = names
