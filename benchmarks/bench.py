@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cvpipe.config import RuntimeConfig, from_section, load_params
+from cvpipe.config import load_config
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
 from cvpipe.device import eval_mode, resolve_runtime
-from cvpipe.models.preprocess import to_model_input
 
 
 def _timed(fn, repeat: int) -> float:
@@ -47,46 +46,25 @@ def bench_loading(prepared: Path, raw_images: Path, batch: int) -> list[tuple[st
     return rows
 
 
-def bench_model(name: str, params: dict, prepared: Path, runtime, steps: int) -> list[tuple[str, str]]:
-    from cvpipe.models.registry import build_criterion, build_detector
-    from cvpipe.tasks.classification import build_classifier
-    from cvpipe.config import ClassifierConfig, model_task
-    from cvpipe.runners import runner_for
+def bench_model(name: str, params, prepared: Path, runtime, steps: int) -> list[tuple[str, str]]:
+    """Train and inference throughput of one configured model on one fixed (augmented) training batch."""
+    from torch.utils.data import DataLoader
 
+    from cvpipe.build import build_criterion
+    from cvpipe.engine import to_device, build
+    from cvpipe.registry import get_task
+
+    config = params.model(name)
+    task = get_task(config.task)
     meta = load_meta(prepared)
-    task = model_task(params, name)
-    if task == "classification":
-        config = ClassifierConfig.from_params(params, name)
-        model = build_classifier(config, meta)
-        data = np.asarray(load_array(prepared, "train", "crops")[: config.batch_size])
-        labels = torch.as_tensor(np.asarray(load_array(prepared, "train", "crop_labels")[: config.batch_size]))
-        loss_of = lambda out: torch.nn.functional.cross_entropy(out.float(), labels.to(runtime.device))  # noqa: E731
-    elif task == "segmentation":
-        from cvpipe.losses.segmentation import SegmentationLoss
-        from cvpipe.runners.segmentation import _build, _class_names
-        from cvpipe.data.segmentation_dataset import SegmentationDataset
-
-        config = runner_for(task).load_config(params, name).train
-        model = _build(config.arch, meta, config.binary, config.model)
-        criterion = SegmentationLoss(num_classes=len(_class_names(meta, config.binary)), binary=config.binary,
-                                     **config.loss)
-        dataset = SegmentationDataset.from_prepared(prepared, "train", binary=config.binary)
-        data = np.asarray(dataset.images[: config.batch_size])
-        masks = torch.stack([dataset[i][1] for i in range(len(data))]).to(runtime.device)
-        loss_of = lambda out: criterion(out.float(), masks)["loss"]  # noqa: E731
-    else:  # detection and instance segmentation: the training dataset's targets (masks for mask models)
-        from cvpipe.data.detection_dataset import DetectionDataset
-
-        config = runner_for(task).load_config(params, name).train
-        model = build_detector(config.arch, meta, config.model)
-        criterion = build_criterion(config.arch, model, config.loss).to(runtime.device)
-        dataset = DetectionDataset.from_prepared(prepared, "train",
-                                                 with_masks=bool(getattr(model, "predicts_masks", False)))
-        data = np.asarray(dataset.images[: config.batch_size])
-        targets = [{k: v.to(runtime.device) for k, v in dataset.target(i).items()} for i in range(len(data))]
-        loss_of = lambda out: criterion(out, targets)["loss"]  # noqa: E731
+    model = build(task, config, meta, pretrained=False)
+    criterion = build_criterion(config.task, config.train, **task.criterion_arguments(config, meta)).to(runtime.device)
+    data = task.train_data(prepared, config)
+    inputs, targets = next(iter(DataLoader(data.dataset, batch_size=config.train.batch_size, collate_fn=data.collate)))
+    targets = to_device(targets, runtime.device)
+    loss_of = lambda out: criterion(out, targets)["loss"]  # noqa: E731
     model = runtime.prepare_model(model)
-    x = runtime.prepare_input(to_model_input(data))
+    x = runtime.prepare_input(inputs.float())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -115,12 +93,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="default: pipeline.models")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    params = load_params(args.params)
-    rt = from_section(RuntimeConfig, params.get("runtime"), "runtime")
+    params = load_config(args.params)
+    rt = params.runtime
     runtime = resolve_runtime(rt.device, amp=rt.amp, num_threads=rt.num_threads)
     rows = [("device", f"{runtime.device} (torch threads {torch.get_num_threads()}, amp {runtime.amp})")]
     rows += bench_loading(args.prepared, args.raw_images, batch=64)
-    for name in args.models or params["pipeline"]["models"]:
+    for name in args.models or params.pipeline.models:
         rows += bench_model(name, params, args.prepared, runtime, args.steps)
     width = max(len(r[0]) for r in rows)
     for label, value in rows:

@@ -3,8 +3,6 @@
 import json
 import logging
 
-from cvpipe import tracking
-from cvpipe.lifecycle.promote import PromoteConfig, promote
 from cvpipe.stage import model_stage, run_stage
 
 log = logging.getLogger("cvpipe.promote")
@@ -12,7 +10,11 @@ log = logging.getLogger("cvpipe.promote")
 
 def main() -> None:
     stage = model_stage(__doc__)
-    config = PromoteConfig.from_params(stage.params)
+    from cvpipe import tracking
+    from cvpipe.config import PromoteConfig, load_params
+    from cvpipe.lifecycle.promote import promote
+
+    config = PromoteConfig.from_params(load_params(stage.params_path))
     registry = json.loads((stage.model_dir / "registry.json").read_text())
     tracking.configure()
     promote(name=registry["name"], task=stage.task, challenger_version=str(registry["version"]),

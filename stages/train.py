@@ -2,31 +2,36 @@
 
 import logging
 
-import mlflow
-
-from cvpipe import tracking
-from cvpipe.config import MlflowConfig, from_section, model_section
-from cvpipe.data.prepare import load_meta
-from cvpipe.stage import model_stage, run_stage, runtime_from_params
+from cvpipe.stage import model_stage, run_stage
 
 log = logging.getLogger("cvpipe.train")
 
 
 def main() -> None:
     stage = model_stage(__doc__)
-    params = stage.params
-    runtime = runtime_from_params(params)
-    ml = from_section(MlflowConfig, params.get("mlflow"), "mlflow")
+    import mlflow
+
+    from cvpipe import engine, tracking
+    from cvpipe.config import load_params
+    from cvpipe.data.prepare import load_meta
+
+    params, raw = stage.params, load_params(stage.params_path)
+    runtime = stage.runtime
     stage.model_dir.mkdir(parents=True, exist_ok=True)
-    run_id = tracking.start_model_run(
-        experiment=ml.experiment, model=stage.model, task=stage.task, data_hash=load_meta(stage.prepared)["data_hash"],
-        device=str(runtime.device), params={"seed": params["seed"], "model": model_section(params, stage.model),
-                                            "data": params.get("data", {}), "prepare": params.get("prepare", {})})
-    tracking.write_run_id(stage.model_dir / "run.json", run_id, experiment=ml.experiment)
+    # A checkpoint this training resumes from names its MLflow run: continue that run (one row per model).
+    resumable = engine.resumable_run_id(stage.config, prepared=stage.prepared, model_dir=stage.model_dir,
+                                        seed=params.seed)
+    run_id, continued = tracking.open_model_run(
+        experiment=params.mlflow.experiment, model=stage.model, task=stage.task,
+        data_hash=load_meta(stage.prepared)["data_hash"], device=str(runtime.device),
+        params={"seed": params.seed, "model": raw["models"][stage.model], "data": raw.get("data", {}),
+                "prepare": raw.get("prepare", {})}, resumable_run_id=resumable)
+    tracking.write_run_id(stage.model_dir / "run.json", run_id, experiment=params.mlflow.experiment)
     with tracking.resume_run(run_id):
-        outcome = stage.runner.train(stage.config, prepared=stage.prepared, model_dir=stage.model_dir,
-                                     report_dir=stage.report_dir, runtime=runtime, seed=int(params["seed"]),
-                                     on_epoch_end=lambda epoch, row: mlflow.log_metrics(row, step=epoch))
+        outcome = engine.train(stage.config, prepared=stage.prepared, model_dir=stage.model_dir,
+                               report_dir=stage.report_dir, runtime=runtime, seed=params.seed,
+                               on_epoch_end=lambda epoch, row: mlflow.log_metrics(row, step=epoch),
+                               run_id=run_id, replay_history=not continued)
         tracking.log_outcome(outcome.metrics, outcome.artifacts, "train")
     log.info("trained %s; MLflow run %s", stage.model, run_id)
 

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvpipe.config import ExportConfig
 from cvpipe.data.importers import import_dataset
 from cvpipe.data.prepare import prepare_dataset
 from cvpipe.data.synthetic import generate_shapes
 from cvpipe.device import resolve_runtime
-from cvpipe.runners import StageOutcome
+from cvpipe.tasks.base import StageOutcome
 
 
 @pytest.fixture(autouse=True)
@@ -85,18 +84,28 @@ class StageResults:
     report_dir: Path
 
 
-def run_model_stages(runner, config, prepared: Path, tmp_path: Path) -> StageResults:
-    """A task runner's train → evaluate → tune → export on ``prepared``, as the stages call them, outside DVC."""
+def model_config(section: dict, name: str = "m"):
+    """A typed model config from a params-style ``models.<name>`` section (task, train, tune, export)."""
+    from cvpipe.task_config import load_model_config
+
+    return load_model_config(section, f"models.{name}")
+
+
+def run_model_stages(config, prepared: Path, tmp_path: Path) -> StageResults:
+    """train → evaluate → tune → export of a typed model config on ``prepared``, as the stages call the engine,
+    outside DVC."""
+    from cvpipe import engine
+
     runtime = resolve_runtime("cpu")
     model_dir, report_dir = tmp_path / "m", tmp_path / "r"
     model_dir.mkdir()
     epochs: list[dict] = []
-    runner.train(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir, runtime=runtime, seed=0,
+    engine.train(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir, runtime=runtime, seed=0,
                  on_epoch_end=lambda epoch, row: epochs.append(row))
-    evaluated = runner.evaluate(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir,
-                                runtime=runtime, latency_runs=2)
-    tuned = json.loads(runner.tune(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir,
-                                   runtime=runtime).artifacts[1].read_text())
-    exported = runner.export(config, ExportConfig(latency_runs=2, parity_images=4), prepared=prepared,
-                             model_dir=model_dir, report_dir=report_dir)
+    evaluated = engine.evaluate(prepared=prepared, model_dir=model_dir, report_dir=report_dir, runtime=runtime,
+                                latency_runs=2)
+    engine.tune(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir, runtime=runtime)
+    exported = engine.export(config, prepared=prepared, model_dir=model_dir, report_dir=report_dir, opset=18,
+                             latency_runs=2, parity_images=4)
+    tuned = json.loads((report_dir / "tune.json").read_text())
     return StageResults(epochs, evaluated, tuned, exported, report_dir)

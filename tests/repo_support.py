@@ -39,7 +39,7 @@ def tiny_params(params: dict, models: list[str]) -> dict:
     params["data"]["shapes"].update(num_images=40, image_size=64, max_objects=4, min_object_size=12,
                                     max_object_size=28)
     params["prepare"].update(image_size=64, crop_size=32)
-    params["models"]["classifier"]["train"].update(epochs=1, width=8)
+    params["models"]["classifier"]["train"]["model"]["width"] = 8
     for name in models:
         params["models"][name]["train"]["epochs"] = 1
     params["export"].update(latency_runs=2, parity_images=16)

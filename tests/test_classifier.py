@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvpipe.config import ClassifierConfig
+from cvpipe import engine
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
 from cvpipe.device import resolve_runtime
@@ -14,11 +14,12 @@ from cvpipe.export import export_onnx, onnx_metadata, onnx_session, run_onnx
 from cvpipe.models.classifier import SmallResNet
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.weights import load_pretrained
-from cvpipe.tasks.classification import predict_probs, train_classifier
-from cvpipe.training.checkpoint import fingerprint, load_checkpoint
+from cvpipe.inference import predict_probs
+from tests.conftest import model_config
 
 CPU = resolve_runtime("cpu")
-TINY = ClassifierConfig(width=8, epochs=2, batch_size=16, lr=0.01)
+TINY = model_config({"task": "classification", "train": {"arch": "small_resnet", "epochs": 2, "batch_size": 16,
+                                                         "lr": 0.01, "model": {"width": 8}}})
 
 
 def test_output_shape_for_sizes_that_are_not_powers_of_two():
@@ -44,16 +45,26 @@ def test_overfits_a_tiny_batch():
     assert loss.item() < 0.05
 
 
+def _train(prepared, model_dir, config=TINY, on_epoch_end=lambda epoch, row: None):
+    """engine.train as the train stage calls it; returns the outcome and the saved weights."""
+    outcome = engine.train(config, prepared=prepared, model_dir=model_dir, report_dir=model_dir / "r", runtime=CPU,
+                           seed=1, on_epoch_end=on_epoch_end)
+    return outcome, torch.load(model_dir / "model.pt", weights_only=True)["state_dict"]
+
+
 def test_interrupted_training_resumes_to_the_same_weights(tiny_prepared, tmp_path):
-    meta = load_meta(tiny_prepared)
-    full, _ = train_classifier(TINY, prepared_dir=tiny_prepared, meta=meta, runtime=CPU, seed=1,
-                               checkpoint_path=tmp_path / "a.pt")
-    state_1 = _train_one_epoch_then_stop(tiny_prepared, meta, tmp_path / "b.pt")
-    assert state_1["epoch"] == 1
-    resumed, result = train_classifier(TINY, prepared_dir=tiny_prepared, meta=meta, runtime=CPU, seed=1,
-                                       checkpoint_path=tmp_path / "b.pt")
-    assert result.resumed_from_epoch == 1 and len(result.history) == 2
-    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+    _, full = _train(tiny_prepared, tmp_path / "a")
+
+    def interrupt(epoch, record):  # a real interruption: after the first checkpoint is written
+        raise Interrupted(epoch)
+
+    with pytest.raises(Interrupted):
+        _train(tiny_prepared, tmp_path / "b", on_epoch_end=interrupt)
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    outcome, resumed = _train(tiny_prepared, tmp_path / "b")
+    assert outcome.metrics["resumed_from_epoch"] == 1.0
+    assert len((tmp_path / "b" / "r" / "training.csv").read_text().splitlines()) == 1 + 2
+    for (name, a), b in zip(full.items(), resumed.values()):
         torch.testing.assert_close(a, b, msg=name)
 
 
@@ -61,24 +72,11 @@ class Interrupted(Exception):
     pass
 
 
-def _train_one_epoch_then_stop(prepared, meta, path):
-    """A real interruption: the epoch callback raises after the first checkpoint is written."""
-    def interrupt(epoch, record):
-        raise Interrupted(epoch)
-
-    with pytest.raises(Interrupted):
-        train_classifier(TINY, prepared_dir=prepared, meta=meta, runtime=CPU, seed=1, checkpoint_path=path,
-                         on_epoch_end=interrupt)
-    return load_checkpoint(path, fingerprint(TINY, meta["data_hash"], 1))
-
-
 def test_checkpoint_of_another_configuration_is_not_resumed(tiny_prepared, tmp_path):
-    meta = load_meta(tiny_prepared)
-    train_classifier(TINY, prepared_dir=tiny_prepared, meta=meta, runtime=CPU, seed=1, checkpoint_path=tmp_path / "c.pt")
-    other = dataclasses.replace(TINY, lr=0.02)
-    _, result = train_classifier(other, prepared_dir=tiny_prepared, meta=meta, runtime=CPU, seed=1,
-                                 checkpoint_path=tmp_path / "c.pt")
-    assert result.resumed_from_epoch == 0
+    _train(tiny_prepared, tmp_path / "c")
+    other = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, lr=0.02))
+    outcome, _ = _train(tiny_prepared, tmp_path / "c", config=other)
+    assert outcome.metrics["resumed_from_epoch"] == 0.0
 
 
 def test_pretrained_weights_from_a_saved_file_are_loaded_except_a_mismatched_head(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cvpipe.export import save_onnx
+from cvpipe.errors import ConfigError
 from cvpipe.serving import OnnxVisionModel, signature
 
 SIZE = 32
@@ -73,10 +74,9 @@ def test_segmentation_applies_the_tuned_cleaning_and_returns_label_maps_at_input
     assert (raw[0, 28:30, 28:30] == 2).all()
     tall = model.predict(None, np.zeros((1, 64, 32, 3), np.uint8))  # letterboxed at 0.5 into the left half
     assert tall.shape == (1, 64, 32) and (tall[0, 8:40, 8:32] == 1).all() and tall.sum() == 32 * 24
-    # A task without post-processing here is served as the graph's raw outputs.
-    model.load_onnx(path, task="keypoints")
-    raw = model.predict(None, np.zeros((2, SIZE, SIZE, 3), np.uint8))
-    assert list(raw) == ["logits"] and np.array_equal(raw["logits"][1], logits)
+    # A task the registry does not know cannot be served: its post-processing would be a guess.
+    with pytest.raises(ConfigError, match="task 'keypoints' is unknown; choose one of"):
+        model.load_onnx(path, task="keypoints")
 
 
 def test_instance_segmentation_returns_one_rle_per_instance_on_the_callers_grid(tmp_path):
@@ -115,7 +115,7 @@ def test_bad_inputs_are_named_and_the_signature_states_the_contract():
         model.predict(None, np.zeros((1, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         model.predict(None, np.zeros((1, 3, 8, 8), np.uint8))
-    with pytest.raises(ValueError, match="non-empty task"):
+    with pytest.raises(ConfigError, match="task '' is unknown"):
         model.load_onnx("unused.onnx", task="")
     sig = signature("detection")
     assert sig.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, -1, -1, 3)}

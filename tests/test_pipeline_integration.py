@@ -138,3 +138,21 @@ def test_a_planted_label_fault_stops_the_pipeline_with_a_clear_message(pipeline_
     assert not (tmp_path / "ds.json").exists()
     report = json.loads((tmp_path / "report.json").read_text())
     assert not report["success"]
+
+
+def test_a_code_change_reruns_only_the_models_it_touches(pipeline_repo):
+    """Editing one architecture's file changes that model's code fingerprint only: after the cheap code stages
+    re-hash, `dvc status` lists exactly that model's stages; reverting the edit makes the pipeline clean again."""
+    repo, env = pipeline_repo
+    ssd = repo / "src/cvpipe/models/ssd.py"
+    original = ssd.read_text()
+    code_stages = [f"code@{m}" for m in yaml.safe_load((repo / "params.yaml").read_text())["pipeline"]["models"]]
+    try:
+        ssd.write_text(original + "\n# a changed model file\n")
+        _run(["dvc", "repro", "--single-item", *code_stages], repo, env)
+        changed = set(json.loads(_run(["dvc", "status", "--json"], repo, env).stdout))
+        assert changed == {f"{stage}@ssd" for stage in ("train", "evaluate", "tune", "export", "promote")}, changed
+    finally:
+        ssd.write_text(original)
+    _run(["dvc", "repro", "--single-item", *code_stages], repo, env)
+    assert json.loads(_run(["dvc", "status", "--json"], repo, env).stdout) == {}

@@ -2,17 +2,15 @@
 
 import pytest
 
-from cvpipe.config import SegmenterConfig
-from cvpipe.runners import segmentation as runner
-from tests.conftest import run_model_stages
+from tests.conftest import model_config, run_model_stages
 
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_train_evaluate_tune_export(tiny_prepared, tmp_path, binary):
-    params = {"models": {"unet": {"task": "segmentation", "train": {"epochs": 1, "batch_size": 8, "binary": binary,
-                                                                    "model": {"base_channels": 8, "depth": 2}},
-                                  "tune": {"min_areas": [0, 8], "thresholds": [0.4, 0.6]}}}}
-    run = run_model_stages(runner, SegmenterConfig.from_params(params, "unet"), tiny_prepared, tmp_path)
+    section = {"task": "segmentation", "train": {"arch": "unet", "epochs": 1, "batch_size": 8, "binary": binary,
+                                                 "model": {"base_channels": 8, "depth": 2}},
+               "tune": {"min_areas": [0, 8], "thresholds": [0.4, 0.6]}}
+    run = run_model_stages(model_config(section, "unet"), tiny_prepared, tmp_path)
     assert len(run.epochs) == 1 and "val_miou" in run.epochs[0]
     assert 0.0 <= run.evaluated.metrics["test_pixel_accuracy"] <= 1.0
     assert run.tuned["min_area"] in (0, 8)

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvpipe.config import InstanceSegmenterConfig
 from cvpipe.data.arrays import load_array
 from cvpipe.data.detection_dataset import DetectionDataset, detection_augment
 from cvpipe.data.masks import encode_mask
@@ -19,12 +18,11 @@ from cvpipe.losses.yolact import YolactLoss
 from cvpipe.metrics.detection import coco_evaluate, detections_to_coco, targets_to_coco
 from cvpipe.models.yolact import DecodedInstanceSegmenter, build_yolact
 from cvpipe.postprocess.instance_masks import assemble_masks, mask_probabilities
-from cvpipe.runners import instance_segmentation as runner
-from cvpipe.tasks.instance_segmentation import (dense_from_arrays, ground_truth_instances, paired_mask_iou,
+from cvpipe.data.ground_truth import ground_truth_instances, load_ground_truth
+from cvpipe.postprocess.instances import (dense_from_arrays, paired_mask_iou,
                                                 select_instances)
-from cvpipe.tasks.detection import load_ground_truth
 from cvpipe.tuning.instance_thresholds import instance_threshold_grid, tune_instance_thresholds
-from tests.conftest import overfit, run_model_stages
+from tests.conftest import model_config, overfit, run_model_stages
 
 MEAN, STD = [0.5] * 3, [0.2] * 3
 
@@ -229,11 +227,10 @@ def test_onnx_export_matches_pytorch(tmp_path):
 
 
 def test_stages_end_to_end(tiny_prepared, tmp_path):
-    params = {"models": {"yolact": {"task": "instance_segmentation",
-                                    "train": {"arch": "yolact", "epochs": 1, "batch_size": 8,
-                                              "model": {"width": 8, "num_prototypes": 4}},
-                                    "tune": {"score_thresholds": [0.05, 0.2], "mask_thresholds": [0.4, 0.6]}}}}
-    run = run_model_stages(runner, InstanceSegmenterConfig.from_params(params, "yolact"), tiny_prepared, tmp_path)
+    section = {"task": "instance_segmentation", "train": {"arch": "yolact", "epochs": 1, "batch_size": 8,
+                                                          "model": {"width": 8, "num_prototypes": 4}},
+               "tune": {"score_thresholds": [0.05, 0.2], "mask_thresholds": [0.4, 0.6]}}
+    run = run_model_stages(model_config(section, "yolact"), tiny_prepared, tmp_path)
     assert len(run.epochs) == 1 and {"val_mask_map50", "train_loss_mask"} <= set(run.epochs[0])
     assert 0.0 <= run.evaluated.metrics["test_mask_map50"] <= 1.0
     assert (run.report_dir / "evaluate" / "overlays.png").is_file()
@@ -245,8 +242,11 @@ def test_stages_end_to_end(tiny_prepared, tmp_path):
     assert len(gt) == len(load_array(tiny_prepared, "test", "images")) and sum(len(g["rles"]) for g in gt) > 0
 
 
-def test_instance_task_rejects_an_arch_without_masks():
-    params = {"models": {"x": {"task": "instance_segmentation", "train": {"arch": "yolo"}}}}
-    with pytest.raises(ConfigError, match="yolact"):
-        runner.train(InstanceSegmenterConfig.from_params(params, "x"), prepared=None, model_dir=None, report_dir=None,
-                     runtime=None, seed=0, on_epoch_end=lambda *a: None)
+def test_instance_task_rejects_an_arch_without_masks(tiny_prepared):
+    from cvpipe import engine
+    from cvpipe.data.prepare import load_meta
+    from cvpipe.registry import get_task
+
+    config = model_config({"task": "instance_segmentation", "train": {"arch": "yolo"}}, "x")
+    with pytest.raises(ConfigError, match="'yolo' is a detection architecture, not instance_segmentation"):
+        engine.build(get_task("instance_segmentation"), config, load_meta(tiny_prepared))

@@ -1,46 +1,75 @@
 """params.yaml → typed, frozen configuration: the one place where config becomes arguments.
 
-Each params section maps to one frozen dataclass; stage scripts load them and pass plain
-keyword arguments into the library.
+Each params section maps to one frozen dataclass, validated by pydantic (types, ranges, unknown keys) when the
+file is loaded: :func:`load_params` checks the whole file at once and names the first faults by their full key
+path (``params.yaml: models.yolo.train.lr: Input should be a valid number ... (got 'fast')``), before any
+stage does work. Stage scripts then pass plain keyword arguments into the library. The per-task model
+sections live in :mod:`cvpipe.task_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import Annotated
 
 from cvpipe.errors import ConfigError
 
 T = TypeVar("T")
+STRICT_KEYS = ConfigDict(extra="forbid")  # an unknown key is an error, never silently ignored
+
+
+def dataclass(*, frozen: bool = True) -> Callable[[type[T]], type[T]]:
+    """A frozen dataclass whose fields pydantic validates on construction (types, ranges, unknown keys)."""
+    return lambda cls: pydantic_dataclass(cls, frozen=frozen, config=STRICT_KEYS)
+
+
+def _describe(error: dict[str, Any], where: str) -> str:
+    path = ".".join([where, *(str(p) for p in error["loc"])]) if where else ".".join(str(p) for p in error["loc"])
+    got = f" (got {error['input']!r})" if error["type"] not in ("missing",) and "input" in error else ""
+    return f"{path}: {error['msg']}{got}"
+
+
+def validated(cls: type[T], data: Any, where: str) -> T:
+    """``cls`` built from ``data``; a ConfigError naming each bad key by its full path (``where`` + location)."""
+    try:
+        return TypeAdapter(cls).validate_python({} if data is None else data)
+    except ValidationError as exc:
+        problems = [_describe(e, where) for e in exc.errors()]
+        raise ConfigError("params.yaml: " + "; ".join(problems[:5])
+                          + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read params.yaml as a plain dict."""
+    """Read params.yaml as a plain dict, after checking the whole file against :class:`Params`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     with path.open() as fh:
-        params = yaml.safe_load(fh)
+        try:
+            params = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    Params.from_dict(params)
     return params
 
 
+def load_config(path: str | Path = "params.yaml") -> "Params":
+    """params.yaml as the typed :class:`Params`."""
+    return Params.from_dict(load_params(path))
+
+
 def from_section(cls: type[T], section: dict[str, Any] | None, where: str) -> T:
-    """Build dataclass ``cls`` from a params section, rejecting unknown keys by name."""
-    section = dict(section or {})
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(section) - names)
-    if unknown:
-        raise ConfigError(f"params.yaml: unknown key(s) {unknown} in section '{where}'; allowed: {sorted(names)}")
-    try:
-        return cls(**section)
-    except TypeError as exc:
-        raise ConfigError(f"params.yaml: section '{where}': {exc}") from None
+    """Build config ``cls`` from one params section; faults are named by their full key path."""
+    return validated(cls, dict(section or {}), where)
 
 
 @dataclass(frozen=True)
@@ -99,6 +128,9 @@ class ValidateConfig:
     out_of_bounds: str = "reject"  # reject: a box beyond the tolerance breaks a rule | clip: clip it, listed in the report
     exif_labels: str = "auto"  # auto | stored | upright: the pixels boxes were drawn on when a file has EXIF orientation
     max_examples: int = 5  # offending rows quoted per failed rule
+    # Folders (relative to the repo root, or absolute) that file names outside data.path ('../', absolute) may
+    # point into; empty: every such name breaks rule 'file name inside data.path'. List them as validate deps.
+    outside_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name, allowed in (("on_error", ("fail", "quarantine")), ("out_of_bounds", ("reject", "clip")),
@@ -125,8 +157,8 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads; 0 keeps torch's default
     amp: bool = True  # mixed precision, only ever used on CUDA
 
 
@@ -143,116 +175,6 @@ class ExportConfig:
     parity_images: int = 64
 
 
-def model_section(params: dict[str, Any], model: str) -> dict[str, Any]:
-    """The params section of one configured model, with a clear error when it is missing."""
-    models = params.get("models") or {}
-    if model not in models:
-        raise ConfigError(f"params.yaml: models.{model} is not defined; defined: {sorted(models)}")
-    return dict(models[model])
-
-def model_sections(params: dict[str, Any], model: str, train_cls: type, tune_cls: type,
-                   export_cls: type) -> tuple[Any, Any, Any]:
-    """models.<model>.{train, tune, export} as typed configs; lists become tuples (frozen, hashable)."""
-    section = model_section(params, model)
-    unknown = sorted(set(section) - {"task", "train", "tune", "export"})
-    if unknown:
-        raise ConfigError(f"params.yaml: models.{model} has unknown key(s) {unknown}; expected task, train, tune, export")
-
-    def typed(cls: type, name: str) -> Any:
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in (section.get(name) or {}).items()}
-        return from_section(cls, values, f"models.{model}.{name}")
-
-    return typed(train_cls, "train"), typed(tune_cls, "tune"), typed(export_cls, "export")
-
-
-
-@dataclass(frozen=True)
-class ClassifierTuneConfig:
-    target_precision: float = 0.99  # precision wanted on the predictions that are not rejected
-
-
-@dataclass(frozen=True)
-class ClassifierExportConfig:
-    max_abs_diff: float = 1e-3  # largest allowed |onnx - torch| on the logits
-    min_top1_agreement: float = 0.999
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """models.<name> for task 'classification': ``train`` keys are fields, ``tune`` and ``export`` nested."""
-
-    arch: str = "small_resnet"
-    width: int = 32  # channels of the first stage; doubled at every later stage
-    blocks_per_stage: int = 1
-    stem_stride: int = 2  # 1 keeps full crop resolution in the first stage (4× its compute)
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 0.003  # peak learning rate of AdamW under a one-cycle schedule
-    weight_decay: float = 0.0005
-    label_smoothing: float = 0.05
-    pretrained: str | None = None  # local path or URL of a state_dict to start from
-    tune: ClassifierTuneConfig = field(default_factory=ClassifierTuneConfig)
-    export: ClassifierExportConfig = field(default_factory=ClassifierExportConfig)
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], model: str) -> "ClassifierConfig":
-        train, tune, export = model_sections(params, model, cls, ClassifierTuneConfig, ClassifierExportConfig)
-        return dataclasses.replace(train, tune=tune, export=export)
-
-
-def model_task(params: dict[str, Any], model: str) -> str:
-    """The task ('classification', ...) a configured model solves."""
-    return str(model_section(params, model).get("task", ""))
-
-
-@dataclass(frozen=True)
-class DetectorTrainConfig:
-    """models.<name>.train for task 'detection'. ``model``/``loss`` are the keyword arguments of the
-    architecture's builder and criterion; :func:`checked_kwargs` rejects names they do not take."""
-
-    arch: str = "yolo"  # yolo | ssd | detr
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 0.002
-    weight_decay: float = 0.0005
-    grad_clip: float | None = None  # max gradient norm (DETR uses 0.1)
-    nms_iou: float | None = 0.5  # NMS IoU for the COCO-protocol evaluation; null for DETR
-    pretrained: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    loss: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DetectorTuneConfig:
-    objective: str = "f1"  # f1 | recall_at_precision
-    target_precision: float = 0.9  # for recall_at_precision
-    score_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-    nms_iou_thresholds: tuple[float, ...] = (0.3, 0.45, 0.6, 0.75)  # ignored for detectors without NMS
-    max_detections: int = 100
-
-    def __post_init__(self) -> None:
-        if self.objective not in ("f1", "recall_at_precision"):
-            raise ConfigError(f"params.yaml: tune.objective must be 'f1' or 'recall_at_precision', got {self.objective!r}")
-
-
-@dataclass(frozen=True)
-class DetectorExportConfig:
-    box_atol: float = 0.05  # px, largest allowed box difference between PyTorch and ONNX detections
-    score_atol: float = 0.001
-    map_tolerance: float = 0.005  # largest allowed |mAP(onnx) - mAP(torch)| on the test split
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    train: DetectorTrainConfig
-    tune: DetectorTuneConfig
-    export: DetectorExportConfig
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], model: str) -> "DetectorConfig":
-        return cls(*model_sections(params, model, DetectorTrainConfig, DetectorTuneConfig, DetectorExportConfig))
-
-
 def checked_kwargs(function: Any, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
     """``kwargs`` if ``function`` accepts every name in it, else a ConfigError naming the strays."""
     import inspect
@@ -265,75 +187,86 @@ def checked_kwargs(function: Any, kwargs: dict[str, Any], where: str) -> dict[st
     return dict(kwargs)
 
 
-@dataclass(frozen=True)
-class SegmenterTrainConfig:
-    """models.<name>.train for task 'segmentation' (semantic). ``model``/``loss``: builder/criterion kwargs."""
+def check_promote_metric(task: str, metric: str) -> None:
+    """A ConfigError unless ``metric`` is one the promotion bootstrap can score for ``task``."""
+    from cvpipe.registry import task_config_class
 
-    arch: str = "unet"
-    binary: bool = False  # one foreground class (sigmoid + threshold) instead of K classes (softmax)
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 0.005
-    weight_decay: float = 0.0001
-    pretrained: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    loss: dict[str, Any] = field(default_factory=dict)
+    allowed = task_config_class(task, "promote.metric").promote_metrics
+    if metric not in allowed:
+        raise ConfigError(f"params.yaml: promote.metric.{task}: {metric!r} cannot be bootstrapped; choose one of "
+                          f"{list(allowed)}")
 
 
-@dataclass(frozen=True)
-class SegmenterTuneConfig:
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # foreground probability (binary mode)
-    min_areas: tuple[int, ...] = (0, 4, 8, 16, 32, 64)  # px, smaller connected components are removed
-    fill_holes: bool = False
+def _default_promote_metrics() -> dict[str, str]:
+    from cvpipe.registry import TASKS, task_config_class
+
+    return {task: task_config_class(task).promote_metrics[0] for task in TASKS}
 
 
 @dataclass(frozen=True)
-class SegmenterExportConfig:
-    logits_atol: float = 0.001
-    min_mask_iou: float = 0.99  # IoU between PyTorch and ONNX label maps on test images
+class PromoteConfig:
+    """promote: champion/challenger rule (:mod:`cvpipe.lifecycle.promote`)."""
 
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    train: SegmenterTrainConfig
-    tune: SegmenterTuneConfig
-    export: SegmenterExportConfig
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], model: str) -> "SegmenterConfig":
-        return cls(*model_sections(params, model, SegmenterTrainConfig, SegmenterTuneConfig, SegmenterExportConfig))
-
-
-@dataclass(frozen=True)
-class InstanceTuneConfig:
-    """models.<name>.tune for task 'instance_segmentation': the grid searched on validation (objective: F1 of
-    instances matched by mask IoU, averaged over IoU 0.50:0.05:0.95, COCO's thresholds)."""
-
-    score_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # on the cropped mask probability
-    max_detections: int = 100
+    metric: dict[str, str] = field(default_factory=_default_promote_metrics)  # per task; bootstrappable ones only
+    margin: float = 0.0  # the difference's lower confidence bound must exceed this (metric units)
+    confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95  # two-sided level of the bootstrap interval
+    resamples: Annotated[int, Field(ge=0)] = 200  # bootstrap draws of the test images
+    seed: int = 0
+    latency_budget_ms: Annotated[float, Field(gt=0.0)] | None = None  # challenger's ONNX p50 must fit; null = none
+    latency_runs: Annotated[int, Field(gt=0)] = 20
 
     def __post_init__(self) -> None:
-        if not self.score_thresholds or not self.mask_thresholds:
-            raise ConfigError("params.yaml: tune.score_thresholds and tune.mask_thresholds must not be empty")
-        if any(not 0.0 < t < 1.0 for t in self.mask_thresholds):
-            raise ConfigError(f"params.yaml: tune.mask_thresholds must lie in (0, 1), got {self.mask_thresholds}")
-
-
-@dataclass(frozen=True)
-class InstanceExportConfig:
-    box_atol: float = 0.05  # px
-    score_atol: float = 0.001
-    min_mask_iou: float = 0.99  # smallest mean IoU between PyTorch and ONNX masks of the same detections
-    map_tolerance: float = 0.005  # largest |mask mAP(onnx) - mask mAP(torch)| on the test split
-
-
-@dataclass(frozen=True)
-class InstanceSegmenterConfig:
-    train: DetectorTrainConfig  # a detector arch that predicts masks (yolact)
-    tune: InstanceTuneConfig
-    export: InstanceExportConfig
+        for task, name in self.metric.items():
+            check_promote_metric(task, name)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], model: str) -> "InstanceSegmenterConfig":
-        return cls(*model_sections(params, model, DetectorTrainConfig, InstanceTuneConfig, InstanceExportConfig))
+    def from_params(cls, params: dict[str, Any]) -> "PromoteConfig":
+        section = dict(params.get("promote") or {})
+        metric = {**_default_promote_metrics(), **(section.pop("metric", None) or {})}
+        return validated(cls, {**section, "metric": metric}, "promote")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    models: tuple[str, ...] = ()  # each entry gets train/evaluate/tune/export/promote stages
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml, typed. ``models`` maps each model name to its task's config class
+    (:mod:`cvpipe.task_config`), chosen by the section's ``task`` through :mod:`cvpipe.registry`."""
+
+    seed: int
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    promote: dict[str, Any] = field(default_factory=dict)  # typed by PromoteConfig.from_params (defaults merged)
+    models: dict[str, Any] = field(default_factory=dict)  # name → ClassifierConfig | DetectorConfig | ...
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Params":
+        from cvpipe.task_config import load_model_config
+
+        raw = dict(raw)
+        models = raw.pop("models", None) or {}
+        if not isinstance(models, dict):
+            raise ConfigError(f"params.yaml: models must be a mapping of model name to section, got {models!r}")
+        typed = {name: load_model_config(section if isinstance(section, dict) else {"task": section},
+                                         f"models.{name}") for name, section in models.items()}
+        params = validated(cls, {**raw, "models": {}}, "")
+        missing = [m for m in params.pipeline.models if m not in typed]
+        if missing:
+            raise ConfigError(f"params.yaml: pipeline.models names {missing}, which models: does not define; "
+                              f"defined: {sorted(typed)}")
+        PromoteConfig.from_params(raw)
+        return dataclasses.replace(params, models=typed)
+
+    def model(self, name: str) -> Any:
+        """The typed section of one configured model, with a clear error when it is missing."""
+        if name not in self.models:
+            raise ConfigError(f"params.yaml: models.{name} is not defined; defined: {sorted(self.models)}")
+        return self.models[name]

@@ -7,11 +7,13 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from cvpipe.device import Runtime, resolve_runtime
 from cvpipe.errors import CvpipeError
+
+if TYPE_CHECKING:  # torch loads only once params are known to be valid
+    from cvpipe.config import Params
+    from cvpipe.device import Runtime
 
 log = logging.getLogger("cvpipe")
 
@@ -31,22 +33,33 @@ def run_stage(main: Callable[[], None]) -> None:
 
 @dataclass(frozen=True)
 class ModelStage:
-    """What a train/evaluate/tune/export@MODEL script starts from: its paths, params, task runner and config."""
+    """What a train/evaluate/tune/export/promote@MODEL script starts from: its paths, the typed params and the
+    model's typed section (``config.task`` names its task in the registry)."""
 
     model: str
+    params_path: Path
     prepared: Path
     model_dir: Path
     report_dir: Path
-    params: dict[str, Any]
-    task: str
-    runner: ModuleType
+    params: "Params"
     config: Any
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def runtime(self) -> "Runtime":
+        """The device/AMP runtime described by the params' ``runtime`` section."""
+        from cvpipe.device import resolve_runtime
+
+        runtime = self.params.runtime
+        return resolve_runtime(runtime.device, amp=runtime.amp, num_threads=runtime.num_threads)
 
 
 def model_stage(description: str | None) -> ModelStage:
-    """Parse the model stages' shared command line (every path comes from dvc.yaml) and load the config."""
-    from cvpipe.config import load_params, model_task
-    from cvpipe.runners import runner_for
+    """Parse the model stages' shared command line (every path comes from dvc.yaml) and load the typed params."""
+    from cvpipe.config import load_config
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml")
@@ -55,16 +68,6 @@ def model_stage(description: str | None) -> ModelStage:
     parser.add_argument("--model-dir", type=Path, required=True, help="models/<name>")
     parser.add_argument("--report-dir", type=Path, required=True, help="reports/<name>")
     args = parser.parse_args()
-    params = load_params(args.params)
-    task = model_task(params, args.model)
-    runner = runner_for(task)
-    return ModelStage(model=args.model, prepared=args.prepared, model_dir=args.model_dir, report_dir=args.report_dir,
-                      params=params, task=task, runner=runner, config=runner.load_config(params, args.model))
-
-
-def runtime_from_params(params: dict[str, Any]) -> Runtime:
-    """The device/AMP runtime described by the params' ``runtime`` section."""
-    from cvpipe.config import RuntimeConfig, from_section
-
-    config = from_section(RuntimeConfig, params.get("runtime"), "runtime")
-    return resolve_runtime(config.device, amp=config.amp, num_threads=config.num_threads)
+    params = load_config(args.params)
+    return ModelStage(model=args.model, params_path=Path(args.params), prepared=args.prepared, model_dir=args.model_dir, report_dir=args.report_dir,
+                      params=params, config=params.model(args.model))

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -58,18 +59,51 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise store set-up between processes (``dvc queue start -j 2``, parallel stages): a file lock
+    beside a SQLite store; nothing for a server, which serialises its own writes."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=600):
+        yield
+
+
 def configure() -> str:
-    """Point MLflow at the project's tracking store; returns the URI used."""
+    """Point MLflow at the project's tracking store; returns the URI used.
+
+    A SQLite store is created (schema migrations) by the first process that opens it; two processes doing
+    that at once break each other's migration, so the first open happens under :func:`store_lock`.
+    """
     import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    if sqlite_path(uri) is not None:
+        from mlflow.tracking import MlflowClient
+
+        with store_lock(uri):
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # opens (and on first use creates) the tracking tables
+            client.search_registered_models(max_results=1)  # and the registry's
     return uri
 
 
 def get_or_create_experiment(name: str) -> str:
-    """Experiment id of ``name``, created (with local artifacts beside the default store) when missing."""
+    """Experiment id of ``name``, created (with local artifacts beside the default store) when missing; two
+    processes creating it at once get the same experiment."""
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -82,7 +116,15 @@ def get_or_create_experiment(name: str) -> str:
     # exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable.)
     embedded = mlflow.get_tracking_uri() == default_tracking_uri()
     artifacts = (repo_root() / "mlartifacts").as_uri() if embedded else None
-    return client.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    with store_lock(mlflow.get_tracking_uri()):
+        try:
+            return client.create_experiment(name, artifact_location=artifacts,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:  # created meanwhile by another process (a server has no lock of ours)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 def git_state(cwd: str | Path | None = None) -> dict[str, str]:
@@ -174,27 +216,86 @@ def execution_tags(params_file: str | Path = "params.yaml") -> dict[str, str]:
     return tags
 
 
-def start_model_run(*, experiment: str, model: str, task: str, params: dict[str, Any], data_hash: str,
-                    device: str, params_file: str | Path = "params.yaml") -> str:
-    """Open the model's run for this pipeline execution; returns its id."""
+PROCESS_TAG = "cvpipe.process"  # host:pid of the stage that has the run open, to tell dead RUNNING runs
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_is_gone(process: str | None) -> bool:
+    """True when ``process`` (host:pid) ran on this host and no longer exists; unknown hosts count as alive."""
+    host, _, pid = (process or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def mark_abandoned_runs_killed(experiment_id: str, model: str) -> list[str]:
+    """Runs of ``model`` left RUNNING by a stage that was killed (its process is gone) become KILLED, so the
+    runs table never shows a dead training as running. Returns their ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], filter_string=f"tags.model = '{model}' and attributes.status = 'RUNNING'")
+    killed = [run.info.run_id for run in runs if process_is_gone(run.data.tags.get(PROCESS_TAG))]
+    for run_id in killed:
+        client.set_terminated(run_id, status="KILLED")
+        log.warning("MLflow run %s of %s was left RUNNING by a process that is gone; marked it KILLED", run_id, model)
+    return killed
+
+
+def continuable_run(run_id: str | None, experiment_id: str) -> bool:
+    """Whether ``run_id`` (from a resumable checkpoint) still exists in this store and experiment."""
+    if not run_id:
+        return False
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
+
+
+def open_model_run(*, experiment: str, model: str, task: str, params: dict[str, Any], data_hash: str,
+                   device: str, params_file: str | Path = "params.yaml",
+                   resumable_run_id: str | None = None) -> tuple[str, bool]:
+    """The model's run for this pipeline execution: ``resumable_run_id`` (the run of the checkpoint training
+    resumes from) when it still exists, so one model story stays one row with the whole curve; else a new
+    run. Runs of the model left RUNNING by a dead process are marked KILLED first.
+    Returns (run id, whether it continues an existing run)."""
     import mlflow
 
     configure()
     experiment_id = get_or_create_experiment(experiment)
+    mark_abandoned_runs_killed(experiment_id, model)
+    if continuable_run(resumable_run_id, experiment_id):
+        log.info("continuing MLflow run %s: training resumes from its checkpoint", resumable_run_id)
+        return str(resumable_run_id), True
     tags = {"model": model, "task": task, "data_hash": data_hash, "device": device, **git_state(),
             **execution_tags(params_file)}
     with mlflow.start_run(experiment_id=experiment_id, run_name=model, tags=tags) as run:
         mlflow.log_params(flatten(params))
-        return run.info.run_id
+        return run.info.run_id, False
 
 
 @contextlib.contextmanager
 def resume_run(run_id: str) -> Iterator[Any]:
-    """Continue the model's run (opened by train) as the active MLflow run."""
+    """Continue the model's run (opened by train) as the active MLflow run, tagged with this process so a
+    kill leaves a run that the next train marks KILLED."""
     import mlflow
 
     configure()
     with mlflow.start_run(run_id=run_id) as run:
+        mlflow.set_tag(PROCESS_TAG, this_process())
         yield run
 
 

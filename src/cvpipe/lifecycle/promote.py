@@ -21,52 +21,24 @@ challenger's run: ``promote_*`` metrics, a ``promotion`` tag, the JSON as an art
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from cvpipe.errors import ConfigError
+from cvpipe.config import PromoteConfig
 from cvpipe.lifecycle.bootstrap import paired_bootstrap
-from cvpipe.lifecycle.evaluation import check_metric, expected_class_names, latency_ms, scorer
+from cvpipe.lifecycle.evaluation import expected_class_names, latency_ms, scorer
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-@dataclass(frozen=True)
-class PromoteConfig:
-    """params.yaml ``promote``."""
-
-    metric: dict[str, str] = field(default_factory=lambda: {"classification": "top1", "detection": "map50_95",
-                                                             "segmentation": "miou",
-                                                             "instance_segmentation": "mask_map50_95"})
-    margin: float = 0.0  # the difference's lower confidence bound must exceed this (metric units)
-    confidence: float = 0.95  # two-sided level of the bootstrap interval
-    resamples: int = 200  # bootstrap draws of the test images
-    seed: int = 0
-    latency_budget_ms: float | None = None  # challenger's ONNX p50 (1 image, CPU) must fit; null = no budget
-    latency_runs: int = 20
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "PromoteConfig":
-        from cvpipe.config import from_section
-
-        section = dict(params.get("promote") or {})
-        metric = {**cls().metric, **(section.pop("metric", None) or {})}
-        config = from_section(cls, {**section, "metric": metric}, "promote")
-        for task, name in config.metric.items():
-            try:
-                check_metric(task, name)
-            except ValueError as exc:
-                raise ConfigError(f"params.yaml: {exc}") from None
-        if not 0 < config.confidence < 1 or config.resamples < 0:
-            raise ConfigError("params.yaml: promote.confidence must be in (0, 1) and promote.resamples ≥ 0")
-        return config
 
 
 def _alias_version(client: Any, name: str, alias: str) -> Any | None:
@@ -88,18 +60,77 @@ def _describe(version: Any, metric: str | None) -> dict[str, Any]:
 
 def promote(*, name: str, task: str, challenger_version: str, prepared: Path, config: PromoteConfig,
             report_path: Path) -> dict[str, Any]:
-    """Decide and apply the promotion of ``name`` version ``challenger_version``; returns the report it writes."""
+    """Decide and apply the promotion of ``name`` version ``challenger_version``; returns the report it writes.
+
+    Compare-and-set: the whole decision runs under :func:`promotion_lock` (one promotion of ``name`` at a time
+    per store on this machine: ``dvc queue start -j 2``), and the alias moves only if the champion is still the
+    version the challenger was compared with; if another host moved it meanwhile, the comparison is redone
+    against the new champion. So the champion alias never lands on a model that was not compared with it.
+    """
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
-    from cvpipe.data.prepare import load_meta
-
     client = MlflowClient()
     started = time.perf_counter()
+    challenger_model = mlflow.pyfunc.load_model(f"models:/{name}/{challenger_version}")
+    with promotion_lock(name):
+        for _ in range(MAX_COMPARISONS):
+            champion = _alias_version(client, name, CHAMPION)
+            report, outcome, reason = _decide(client, name, task, challenger_version, challenger_model, champion,
+                                              prepared, config)
+            if outcome != "promoted":
+                break
+            current = _alias_version(client, name, CHAMPION)
+            if _version(current) == _version(champion):  # compare-and-set
+                client.set_registered_model_alias(name, CHAMPION, str(challenger_version))
+                client.set_model_version_tag(name, str(challenger_version), "promoted_at",
+                                             time.strftime("%Y-%m-%dT%H:%M:%S"))
+                break
+            log.warning("%s: the champion moved from v%s to v%s during the comparison; comparing again", name,
+                        _version(champion), _version(current))
+        else:
+            outcome, reason = "kept", (f"the champion kept moving during {MAX_COMPARISONS} comparisons: "
+                                       "nothing changed; run promote again")
+    report.update(outcome=outcome, reason=reason,
+                  champion_version=str(challenger_version) if outcome == "promoted" else _version(champion),
+                  seconds=round(time.perf_counter() - started, 3))
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    _log(client, name, client.get_model_version(name, challenger_version), report, report_path)
+    log.info("%s v%s: %s (%s)", name, challenger_version, outcome, reason)
+    return report
+
+
+MAX_COMPARISONS = 3
+
+
+def _version(version: Any | None) -> str | None:
+    return None if version is None else str(version.version)
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str) -> Iterator[None]:
+    """A file lock per (tracking store, registered model) in the temp folder, held while one promotion reads
+    the champion, compares and moves the alias."""
+    from filelock import FileLock
+
+    from cvpipe.tracking import tracking_uri
+
+    key = hashlib.sha256(f"{tracking_uri()}|{name}".encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"cvpipe-promote-{key}.lock"), timeout=3600):
+        yield
+
+
+def _decide(client: Any, name: str, task: str, challenger_version: str, challenger_model: Any,
+            champion: Any | None, prepared: Path, config: PromoteConfig) -> tuple[dict[str, Any], str, str]:
+    """The report so far, the outcome and its reason for the challenger against ``champion`` (None: none yet)."""
+    import mlflow.pyfunc
+
+    from cvpipe.data.prepare import load_meta
+
     metric = config.metric.get(task)
     data_hash = load_meta(prepared)["data_hash"]
     challenger = client.get_model_version(name, challenger_version)
-    champion = _alias_version(client, name, CHAMPION)
     report: dict[str, Any] = {
         "model": name, "task": task, "metric": metric, "data_hash": data_hash,
         "rule": {"margin": config.margin, "confidence": config.confidence, "resamples": config.resamples,
@@ -111,7 +142,6 @@ def promote(*, name: str, task: str, challenger_version: str, prepared: Path, co
         "challenger": _describe(challenger, metric),
         "champion": None if champion is None else _describe(champion, metric),
     }
-    challenger_model = mlflow.pyfunc.load_model(f"models:/{name}/{challenger_version}")
     if metric is not None:
         report["challenger"]["latency_ms_p50"] = latency_ms(challenger_model, task, prepared, config.latency_runs)
     if champion is None:
@@ -135,17 +165,7 @@ def promote(*, name: str, task: str, challenger_version: str, prepared: Path, co
             client.set_model_version_tag(name, str(champion.version), "eval_data_hash", data_hash)
             client.set_model_version_tag(name, str(champion.version), f"eval_{metric}",
                                          str(report["champion"][metric]))
-    if outcome == "promoted":
-        client.set_registered_model_alias(name, CHAMPION, str(challenger_version))
-        client.set_model_version_tag(name, str(challenger_version), "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    report.update(outcome=outcome, reason=reason, champion_version=str(challenger_version if outcome == "promoted"
-                                                                       else champion.version),
-                  seconds=round(time.perf_counter() - started, 3))
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    _log(client, name, challenger, report, report_path)
-    log.info("%s v%s: %s (%s)", name, challenger_version, outcome, reason)
-    return report
+    return report, outcome, reason
 
 
 def _compare(report: dict[str, Any], challenger_model: Any, champion_model: Any, task: str, metric: str,

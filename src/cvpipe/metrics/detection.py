@@ -235,3 +235,14 @@ def evaluate_detections(targets: list[dict], detections: list[dict], num_classes
     image_ids = [img["id"] for img in gt["images"]]
     predictions = detections_to_coco(detections, image_ids, [cat["id"] for cat in gt["categories"]])
     return coco_evaluate(gt, predictions, iou_type="bbox")
+
+
+COCO_SCORE_THRESHOLD = 0.001  # the COCO protocol scores (almost) every candidate, capped at 100 per image
+COCO_MAX_DETECTIONS = 100
+
+
+def coco_scores(gt: dict[str, Any], detections: list[dict[str, np.ndarray]], iou_type: str = "bbox") -> dict[str, Any]:
+    """COCO metrics of per-image detections (in ``gt``'s image order) through pycocotools."""
+    image_ids = [im["id"] for im in sorted(gt["images"], key=lambda im: im["index"])]
+    category_ids = [c["id"] for c in gt["categories"]]
+    return coco_evaluate(gt, detections_to_coco(detections, image_ids, category_ids), iou_type=iou_type)

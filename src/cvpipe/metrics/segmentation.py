@@ -92,3 +92,10 @@ def segmentation_scores(confusion: np.ndarray, class_names: Sequence[str]) -> di
         "per_class": [{"class": n, "iou": float(i), "dice": float(d), "support": int(s)}
                       for n, i, d, s in zip(names, iou, dice, support)],
     }
+
+
+def score_labels(labels: np.ndarray, targets: np.ndarray, class_names: list[str],
+                 ignore_index: int = 255) -> dict:
+    """mIoU, Dice, pixel accuracy from one confusion matrix over the whole split."""
+    confusion = update_confusion(None, labels, targets, len(class_names), ignore_index=ignore_index)
+    return segmentation_scores(confusion, class_names)

@@ -104,3 +104,29 @@ def clean_mask(mask: np.ndarray, *, min_area: int, fill_holes: bool = False) -> 
     out = remove_small_components(mask, min_area) if min_area > 1 else mask.copy()
     return fill_enclosed_holes(out) if fill_holes else out
 
+
+def labels_from_probabilities(probs: np.ndarray, *, threshold: float | None, min_area: int,
+                              fill_holes: bool) -> np.ndarray:
+    """Label maps [N, S, S] after thresholding/argmax and connected-component cleaning (min_area 0 = none)."""
+    labels = probabilities_to_labels(probs.astype(np.float32), threshold)
+    if min_area <= 0 and not fill_holes:
+        return labels
+    return np.stack([clean_mask(m, min_area=min_area, fill_holes=fill_holes) for m in labels])
+
+
+def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
+    """Segmentation logits [..., C, H, W] → probabilities: sigmoid when C = 1 (binary mode), else softmax over C."""
+    from scipy.special import expit, softmax
+
+    logits = np.asarray(logits, dtype=np.float64)
+    return expit(logits) if logits.shape[-3] == 1 else softmax(logits, axis=-3)
+
+
+def unletterbox(labels: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
+    """A label map on the letterboxed square (content top-left, scaled by ``scale``) back onto the original
+    H × W grid, nearest neighbour."""
+    from PIL import Image
+
+    height, width = size
+    inner = labels[: max(1, round(height * scale)), : max(1, round(width * scale))]
+    return np.asarray(Image.fromarray(inner.astype(np.int32)).resize((width, height), Image.NEAREST))

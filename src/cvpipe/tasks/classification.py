@@ -1,53 +1,42 @@
-"""Classification over the object-centred crops: build, train (cross-entropy), predict, score."""
+"""Classification of the object-centred crops (prepare's ``crops`` / ``crop_labels`` arrays).
+
+- train: cross-entropy on augmented crops; validation top-1 per epoch.
+- evaluate: top-1/top-5 on test; evaluate/per_class.json, confusion.csv (DVC confusion plot), confusion.png,
+  samples.png (wrong predictions first).
+- tune: a reject threshold on the max softmax probability, chosen on validation for a target precision;
+  tune/tune_curve.csv + .png.
+- export: logits [B, K]; parity on the logits and top-1 agreement.
+- serving: one row per image: label, class_name, score, accepted (score ≥ reject threshold).
+"""
 
 from __future__ import annotations
 
+import csv
 import logging
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from cvpipe.config import ClassifierConfig
 from cvpipe.data.arrays import CropDataset, load_array
 from cvpipe.data.transforms import classification_augment
-from cvpipe.device import Runtime, eval_mode, predict_in_batches
+from cvpipe.device import Runtime
+from cvpipe.export import run_onnx
+from cvpipe.inference import predict_probs
 from cvpipe.metrics.classification import confusion_matrix, per_class_precision_recall, topk_accuracy
-from cvpipe.models.classifier import SmallResNet
-from cvpipe.models.weights import load_pretrained
-from cvpipe.training.checkpoint import fingerprint as make_fingerprint
-from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
+from cvpipe.plots import save_confusion_matrix, save_curve, save_prediction_grid
+from cvpipe.tasks.base import Evaluation, Parity, Task, TrainData, Trained, Tuning, write_json
+from cvpipe.tuning.reject_threshold import accepted_precision, choose_reject_threshold
 
 log = logging.getLogger(__name__)
 
 
-def build_classifier(config: ClassifierConfig, meta: dict[str, Any]) -> nn.Module:
-    """The configured classifier for the prepared data described by ``meta`` (classes, mean/std)."""
-    model = SmallResNet(num_classes=len(meta["class_names"]), mean=meta["mean"], std=meta["std"],
-                        width=config.width, blocks_per_stage=config.blocks_per_stage,
-                        stem_stride=config.stem_stride)
-    if config.pretrained:
-        load_pretrained(model, config.pretrained)
-    return model
-
-
-def predict_probs(model: nn.Module, crops: np.ndarray, runtime: Runtime, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities [N, K] for uint8 crops [N, C, C, 3], in batches."""
-    probs = predict_in_batches(model, crops, runtime, batch_size,
-                               lambda net, x: [torch.softmax(net(x).float(), dim=1)])
-    k = model.head.out_features if hasattr(model, "head") else 0
-    return probs[0] if probs else np.zeros((0, k), np.float32)
-
-
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """top1, top5 (clipped to K), confusion matrix and per-class precision/recall."""
-    k = len(class_names)
-    confusion = confusion_matrix(labels, probs.argmax(axis=1), k)
+    confusion = confusion_matrix(labels, probs.argmax(axis=1), len(class_names))
     precision, recall = per_class_precision_recall(confusion)
     return {
         "top1": topk_accuracy(probs, labels, 1),
@@ -58,55 +47,109 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: l
     }
 
 
-def train_classifier(config: ClassifierConfig, *, prepared_dir: str | Path, meta: dict[str, Any],
-                     runtime: Runtime, seed: int, checkpoint_path: str | Path,
-                     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
-                     ) -> tuple[nn.Module, FitResult]:
-    """Train with cross-entropy (label smoothing) under AdamW + one-cycle; validate top-1 per epoch."""
-    torch.manual_seed(seed)
-    model = runtime.prepare_model(build_classifier(config, meta))
-    train_set = CropDataset.from_prepared(prepared_dir, "train", transform=classification_augment())
-    if len(train_set) == 0:
-        raise ValueError(f"{prepared_dir}/train holds no crops: nothing to train on")
-    val_crops = load_array(prepared_dir, "val", "crops")
-    val_labels = np.asarray(load_array(prepared_dir, "val", "crop_labels"))
-
-    def make_batches(epoch: int) -> DataLoader:
-        return DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size,
-                          generator=torch.Generator().manual_seed(seed + epoch))
-
-    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        logits = net(runtime.prepare_input(images.float()))
-        loss = F.cross_entropy(logits.float(), labels.to(runtime.device), label_smoothing=config.label_smoothing)
-        return {"loss": loss}
-
-    def evaluate(net: nn.Module) -> dict[str, float]:
-        probs = predict_probs(net, val_crops, runtime)
-        return {"top1": topk_accuracy(probs, val_labels, 1)} if len(val_labels) else {}
-
-    optimizer, scheduler = adamw_one_cycle(model, lr=config.lr, weight_decay=config.weight_decay,
-                                           total_steps=config.epochs * len(make_batches(0)), pct_start=0.2)
-    run_id = make_fingerprint(config, meta["data_hash"], seed)
-    result = fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-                 optimizer=optimizer, scheduler=scheduler, epochs=config.epochs, seed=seed,
-                 checkpoint_path=checkpoint_path, fingerprint=run_id, on_epoch_end=on_epoch_end)
-    return model, result
+def _labels(prepared: Path, split: str) -> np.ndarray:
+    return np.asarray(load_array(prepared, split, "crop_labels"))
 
 
-def latency_ms(model: nn.Module, example: torch.Tensor, runtime: Runtime, runs: int) -> dict[str, float]:
-    """p50/p95 wall time in ms of one forward pass on ``example`` (after warm-up)."""
-    times = []
-    with eval_mode(model):
-        x = runtime.prepare_input(example)
-        for i in range(runs + 3):
-            if runtime.device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            with runtime.autocast():
-                model(x)
-            if runtime.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append((time.perf_counter() - started) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
+class ClassificationTask(Task):
+    name = "classification"
+    input_array = "crops"
+    meta_keys = ("class_names", "mean", "std", "crop_size", "data_hash")
+    final_metrics = ("val_top1",)
+    serving_params: ClassVar[dict[str, Any]] = {"reject_threshold": -1.0}
+
+    def train_data(self, prepared: Path, config: Any) -> TrainData:
+        return TrainData(CropDataset.from_prepared(prepared, "train", transform=classification_augment()))
+
+    def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:
+        crops, labels = load_array(prepared, "val", "crops"), _labels(prepared, "val")
+        return lambda net: {"top1": topk_accuracy(predict_probs(net, crops, runtime), labels, 1)} if len(labels) else {}
+
+    def evaluate(self, trained: Trained, model: nn.Module, prepared: Path, runtime: Runtime,
+                 out_dir: Path) -> Evaluation:
+        names = trained.meta["class_names"]
+        crops, labels = load_array(prepared, "test", "crops"), _labels(prepared, "test")
+        probs = predict_probs(model, crops, runtime)
+        scores = classification_metrics(probs, labels, names)
+        preds = probs.argmax(axis=1)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (out_dir / "confusion.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["actual", "predicted"])
+            writer.writerows((names[t], names[p]) for t, p in zip(labels, preds))
+        save_confusion_matrix(scores["confusion"], names, out_dir / "confusion.png")
+        # Sample grid: wrong predictions first (they are what people look for), then the rest.
+        order = np.r_[np.flatnonzero(preds != labels), np.flatnonzero(preds == labels)][:32]
+        save_prediction_grid(np.asarray(crops[order]), labels[order], preds[order], probs[order].max(axis=1), names,
+                             out_dir / "samples.png")
+        return Evaluation(metrics={"top1": scores["top1"], "top5": scores["top5"], "samples": int(len(labels))},
+                          artifacts=[write_json(out_dir / "per_class.json", scores["per_class"]),
+                                     out_dir / "confusion.csv", out_dir / "confusion.png", out_dir / "samples.png"])
+
+    def tune(self, trained: Trained, model: nn.Module, tune: Any, prepared: Path, runtime: Runtime,
+             out_dir: Path) -> Tuning:
+        """Reject threshold chosen on val (target precision from params), then reported on test."""
+        val_probs = predict_probs(model, load_array(prepared, "val", "crops"), runtime)
+        val_labels = _labels(prepared, "val")
+        test_probs = predict_probs(model, load_array(prepared, "test", "crops"), runtime)
+        point = choose_reject_threshold(val_probs, val_labels, tune.target_precision)
+        if not point.target_met:
+            log.warning("no threshold reaches precision %.3f on val; using the most precise one (%.3f)",
+                        tune.target_precision, point.precision)
+        test_precision, test_coverage = accepted_precision(test_probs, _labels(prepared, "test"), point.threshold)
+        report = {"reject_threshold": point.threshold, "target_precision": tune.target_precision,
+                  "target_met_on_val": point.target_met, "val_precision": point.precision,
+                  "val_coverage": point.coverage, "test_precision": test_precision, "test_coverage": test_coverage}
+        grid = np.round(np.linspace(0, 1, 101), 4)
+        curve = [accepted_precision(val_probs, val_labels, t) for t in grid]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"threshold": grid, "precision": [c[0] for c in curve],
+                      "coverage": [c[1] for c in curve]}).to_csv(out_dir / "tune_curve.csv", index=False)
+        save_curve(grid, {"precision (val)": np.array([c[0] for c in curve]),
+                          "coverage (val)": np.array([c[1] for c in curve])}, out_dir / "tune_curve.png",
+                   xlabel="reject threshold (max softmax probability)", title="Reject threshold on validation",
+                   marker_x=point.threshold)
+        return Tuning(thresholds={"reject_threshold": point.threshold}, report=report,
+                      artifacts=[out_dir / "tune_curve.csv", out_dir / "tune_curve.png"])
+
+    def parity(self, trained: Trained, graph: nn.Module, session: Any, inputs: torch.Tensor, prepared: Path,
+               thresholds: dict[str, Any], tolerances: Any) -> Parity:
+        """Logits and top-1 of onnxruntime vs PyTorch on the test crops."""
+        with torch.no_grad():
+            torch_logits = graph(inputs).numpy()
+        onnx_logits = run_onnx(session, inputs.numpy())[0]
+        max_diff = float(np.abs(torch_logits - onnx_logits).max())
+        agreement = float((torch_logits.argmax(1) == onnx_logits.argmax(1)).mean())
+        problems = []
+        if max_diff > tolerances.max_abs_diff:
+            problems.append(f"max |logit diff| {max_diff:.2e} > {tolerances.max_abs_diff:.0e}")
+        if agreement < tolerances.min_top1_agreement:
+            problems.append(f"top-1 agreement {agreement:.4f} < {tolerances.min_top1_agreement}")
+        return Parity({"max_abs_diff": max_diff, "top1_agreement": agreement}, problems)
+
+    def resize_for_serving(self) -> str:
+        return "resize"  # crops: plain resize, as the prepare stage's object crops
+
+    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
+              input_size: tuple[int, int], scales: list[float], class_names: list[str],
+              meta: dict[str, Any]) -> pd.DataFrame:
+        from scipy.special import softmax
+
+        probs = softmax(outputs[0], axis=1)
+        labels, scores = probs.argmax(axis=1), probs.max(axis=1)
+        threshold = settings("reject_threshold") or 0.0
+        return pd.DataFrame({"label": labels.astype(np.int64), "class_name": [class_names[i] for i in labels],
+                             "score": scores.astype(np.float64), "accepted": scores >= threshold})
+
+    def output_schema(self) -> Any:
+        from mlflow.types.schema import ColSpec, DataType, Schema
+
+        return Schema([ColSpec(DataType.long, "label"), ColSpec(DataType.string, "class_name"),
+                       ColSpec(DataType.double, "score"), ColSpec(DataType.boolean, "accepted")])
+
+    def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
+        """One object crop per unit: ``top1`` = arg-max label equals the crop's label (reject threshold ignored)."""
+        from cvpipe.lifecycle.bootstrap import AccuracyScorer
+
+        predicted = pyfunc.predict(np.asarray(load_array(prepared, "test", "crops")))["label"].to_numpy()
+        return AccuracyScorer(predicted == _labels(prepared, "test"))

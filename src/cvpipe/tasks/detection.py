@@ -1,101 +1,244 @@
-"""Detection over the prepared scenes: train any detector of the contract in models/detector.py, predict,
-score with pycocotools.
+"""Object detection (YOLO-style, SSD, DETR: any model of the contract in :mod:`cvpipe.models.detector`).
+
+- train: the architecture's criterion on augmented scenes; validation mAP (COCO protocol) per epoch.
+- evaluate: COCO stats on test (score ≥ 0.001, NMS at the training IoU, 100 detections per image);
+  evaluate/per_class.json, pr_curve.csv + .png, overlays.png, coco_summary.txt.
+- tune: score threshold × NMS IoU on validation (objective F1 or recall at a precision); its P/R/F1 on test;
+  tune/tune_grid.csv + .png.
+- export: boxes [B, A, 4] xyxy px + scores [B, A, K], decoding inside the graph; NMS and the score filter in
+  :mod:`cvpipe.postprocess.detections` with the thresholds from the ONNX metadata.
+- serving: one row per image: boxes (on the caller's pixel grid), scores, labels, class_names.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from cvpipe.data.arrays import load_array
 from cvpipe.data.detection_dataset import DetectionDataset, collate_detection, detection_augment
-from cvpipe.device import Runtime, predict_in_batches
-from cvpipe.metrics.detection import coco_evaluate, detections_to_coco
-from cvpipe.postprocess.detections import select_detections_numpy
-from cvpipe.tasks.instance_segmentation import predict_instances, select_instances
-from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
+from cvpipe.data.ground_truth import detection_targets, load_ground_truth
+from cvpipe.device import CPU, Runtime
+from cvpipe.export import run_onnx
+from cvpipe.inference import predict_dense
+from cvpipe.metrics.detection import COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores
+from cvpipe.models.detector import DecodedDetector
+from cvpipe.plots import save_curve, save_detection_overlays, save_grid_curves
+from cvpipe.postprocess.detections import select_detections_numpy as select
+from cvpipe.tasks.base import Evaluation, Parity, Task, TrainData, Trained, Tuning, write_json
+from cvpipe.tuning.detection_thresholds import count_matches, tune_detection_thresholds
 
-log = logging.getLogger(__name__)
-COCO_SCORE_THRESHOLD = 0.001  # the COCO protocol scores (almost) every candidate, capped at 100 per image
-COCO_MAX_DETECTIONS = 100
-
-
-def predict_dense(model: nn.Module, images: np.ndarray, runtime: Runtime,
-                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded candidates for uint8 images [N, S, S, 3]: boxes [N, A, 4] xyxy abs px, scores [N, A, K]."""
-    boxes, scores = predict_in_batches(model, images, runtime, batch_size,
-                                       lambda net, x: [t.float() for t in net.decode(net(x))])
-    return boxes, scores
+STATS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar1", "ar10", "ar100", "ar_small",
+         "ar_medium", "ar_large")
 
 
-def load_ground_truth(prepared_dir: str | Path, split: str) -> dict[str, Any]:
-    """The split's COCO ground truth in prepared coordinates (image order = array order)."""
-    with (Path(prepared_dir) / split / "instances.json").open() as fh:
-        return json.load(fh)
+def nms_iou(model: nn.Module, iou: float | None) -> float | None:
+    """The NMS IoU to use: ``iou`` for models that need NMS, None for set predictors (DETR)."""
+    return iou if model.uses_nms else None
 
 
-def split_targets(prepared_dir: str | Path, split: str) -> list[dict[str, np.ndarray]]:
-    """Per-image ground truth {"boxes" [N, 4], "labels" [N]} from the prepared arrays."""
-    dataset = DetectionDataset.from_prepared(prepared_dir, split)
-    return [{k: v.numpy() for k, v in dataset.target(i).items()} for i in range(len(dataset))]
+def coco_protocol(iou: float | None) -> dict[str, Any]:
+    return dict(score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=iou, max_detections=COCO_MAX_DETECTIONS)
 
 
-def coco_scores(gt: dict[str, Any], detections: list[dict[str, np.ndarray]], iou_type: str = "bbox") -> dict[str, Any]:
-    """COCO metrics of per-image detections (in ``gt``'s image order) through pycocotools."""
+def write_pr_curve(stats: dict[str, Any], out_dir: Path, label: str, title: str) -> list[Path]:
+    """pr_curve.csv (a DVC plot) and pr_curve.png of COCO's IoU-0.5 precision-recall curve."""
+    curve = pd.DataFrame({"recall": stats["pr_curve"]["recall"], "precision": stats["pr_curve"]["precision"]})
+    curve.to_csv(out_dir / "pr_curve.csv", index=False)
+    save_curve(curve["recall"].to_numpy(), {label: curve["precision"].to_numpy()}, out_dir / "pr_curve.png",
+               xlabel="recall", title=title)
+    return [out_dir / "pr_curve.csv", out_dir / "pr_curve.png"]
+
+
+def write_tuning_grid(rows: list[dict[str, Any]], out_dir: Path, *, series: str, chosen: tuple[float, float],
+                      ylabel: str) -> list[Path]:
+    """The validation grid of a threshold search as tune_grid.csv and its F1 curves per ``series`` value."""
+    grid = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid.to_csv(out_dir / "tune_grid.csv", index=False)
+    save_grid_curves(grid, out_dir / "tune_grid.png", x="score_threshold", y="f1", series=series, chosen=chosen,
+                     xlabel="score threshold", ylabel=ylabel, title="Operating point grid (validation)")
+    return [out_dir / "tune_grid.csv", out_dir / "tune_grid.png"]
+
+
+def prf(dets: list[dict[str, np.ndarray]], targets: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Precision, recall and F1 at IoU 0.5 of final detections against the targets (greedy, class-aware)."""
+    tp = fp = fn = 0
+    for d, t in zip(dets, targets):
+        a, b, c = count_matches(d["boxes"], d["scores"], d["labels"], t["boxes"], t["labels"])
+        tp, fp, fn = tp + a, fp + b, fn + c
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def parity_problems(tol: Any, *, box_diff: float, score_diff: float, same: bool, map_torch: float, map_onnx: float,
+                    what: str = "test mAP") -> list[str]:
+    """What breaks the detector parity gate (tolerances ``box_atol``, ``score_atol``, ``map_tolerance``)."""
+    problems = []
+    if box_diff > tol.box_atol:
+        problems.append(f"box difference {box_diff:.3g} px > {tol.box_atol}")
+    if score_diff > tol.score_atol:
+        problems.append(f"score difference {score_diff:.3g} > {tol.score_atol}")
+    if not same:
+        problems.append("different detections (count or labels) after post-processing")
+    if abs(map_torch - map_onnx) > tol.map_tolerance:
+        problems.append(f"{what} {map_onnx:.4f} (ONNX) vs {map_torch:.4f} (PyTorch), tolerance {tol.map_tolerance}")
+    return problems
+
+
+def append_detections(rows: dict[str, list], det: dict[str, np.ndarray], scale: float, class_names: list[str]) -> None:
+    """One image's boxes (back on the caller's pixel grid), scores, labels and class names as row cells."""
+    rows["boxes"].append((det["boxes"].astype(np.float64) / scale).tolist())
+    rows["scores"].append(det["scores"].astype(np.float64).tolist())
+    rows["labels"].append(det["labels"].astype(np.int64).tolist())
+    rows["class_names"].append([class_names[i] for i in det["labels"]])
+
+
+def served_coco_results(pyfunc: Any, prepared: Path, with_masks: bool) -> tuple[dict[str, Any], list[dict]]:
+    """The test split's COCO ground truth and ``pyfunc``'s COCO-protocol results on the test images."""
+    from cvpipe.metrics.detection import detections_to_coco
+
+    gt = load_ground_truth(prepared, "test")
+    table = pyfunc.predict(np.asarray(load_array(prepared, "test", "images")),
+                           params={"score_threshold": COCO_SCORE_THRESHOLD, "max_detections": COCO_MAX_DETECTIONS})
+    dets = [{"boxes": np.asarray(row.boxes, dtype=np.float64).reshape(-1, 4),
+             "scores": np.asarray(row.scores, dtype=np.float64), "labels": np.asarray(row.labels, dtype=np.int64),
+             **({"segmentations": list(row.masks)} if with_masks else {})} for row in table.itertuples()]
     image_ids = [im["id"] for im in sorted(gt["images"], key=lambda im: im["index"])]
-    category_ids = [c["id"] for c in gt["categories"]]
-    return coco_evaluate(gt, detections_to_coco(detections, image_ids, category_ids), iou_type=iou_type)
+    return gt, detections_to_coco(dets, image_ids, [c["id"] for c in gt["categories"]])
 
 
-def train_detector(model: nn.Module, criterion: nn.Module, *, prepared_dir: str | Path, runtime: Runtime, seed: int,
-                   epochs: int, batch_size: int, lr: float, weight_decay: float, grad_clip: float | None,
-                   nms_iou: float | None, checkpoint_path: str | Path, fingerprint: str,
-                   on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
-    """AdamW + one-cycle over augmented training scenes; validation mAP (COCO protocol) every epoch.
+class DetectionTask(Task):
+    name = "detection"
+    final_metrics = ("val_map50",)
+    onnx_outputs = ("boxes", "scores")
+    serving_params: ClassVar[dict[str, Any]] = {"score_threshold": -1.0, "nms_iou_threshold": -1.0,
+                                                "max_detections": -1}
+    with_masks = False  # instance masks in the training targets
 
-    A model with ``predicts_masks = True`` (instance segmentation) gets instance masks in its targets and is
-    also scored with mask mAP (``iouType="segm"``, masks binarised at 0.5) on validation.
-    """
-    with_masks = bool(getattr(model, "predicts_masks", False))
-    train_set = DetectionDataset.from_prepared(prepared_dir, "train", transform=detection_augment(),
-                                               with_masks=with_masks)
-    if len(train_set) == 0:
-        raise ValueError(f"{prepared_dir}/train holds no images: nothing to train on")
-    val_images = load_array(prepared_dir, "val", "images")
-    val_gt = load_ground_truth(prepared_dir, "val")
+    def graph(self, model: nn.Module) -> nn.Module:
+        return DecodedDetector(model)
 
-    def make_batches(epoch: int) -> DataLoader:
-        return DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=collate_detection,
-                          drop_last=len(train_set) > batch_size, generator=torch.Generator().manual_seed(seed + epoch))
+    def train_data(self, prepared: Path, config: Any) -> TrainData:
+        return TrainData(DetectionDataset.from_prepared(prepared, "train", transform=detection_augment(),
+                                                        with_masks=self.with_masks), collate_detection)
 
-    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
-        images, targets = batch
-        targets = [{k: v.to(runtime.device) for k, v in t.items()} for t in targets]
-        outputs = net(runtime.prepare_input(images.float()))
-        return criterion(outputs, targets)
+    def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:
+        images, gt = load_array(prepared, "val", "images"), load_ground_truth(prepared, "val")
 
-    def evaluate(net: nn.Module) -> dict[str, float]:
-        if len(val_images) == 0:
-            return {}
-        coco = dict(score_threshold=COCO_SCORE_THRESHOLD, iou_threshold=nms_iou, max_detections=COCO_MAX_DETECTIONS)
-        if not with_masks:
-            stats = coco_scores(val_gt, select_detections_numpy(*predict_dense(net, val_images, runtime), **coco))
+        def validate(net: nn.Module) -> dict[str, float]:
+            if len(images) == 0:
+                return {}
+            dets = select(*predict_dense(net, images, runtime), **coco_protocol(nms_iou(net, config.train.nms_iou)))
+            stats = coco_scores(gt, dets)
             return {"map50": stats["map50"], "map50_95": stats["map50_95"]}
-        dense = predict_instances(net, val_images, runtime)
-        instances = select_instances(dense, mask_threshold=0.5, **coco)
-        boxes, masks = coco_scores(val_gt, instances), coco_scores(val_gt, instances, iou_type="segm")
-        return {"map50": boxes["map50"], "map50_95": boxes["map50_95"], "mask_map50": masks["map50"],
-                "mask_map50_95": masks["map50_95"]}
 
-    optimizer, scheduler = adamw_one_cycle(model, lr=lr, weight_decay=weight_decay,
-                                           total_steps=epochs * len(make_batches(0)), pct_start=0.1)
-    return fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-               optimizer=optimizer, scheduler=scheduler, epochs=epochs, seed=seed, checkpoint_path=checkpoint_path,
-               fingerprint=fingerprint, on_epoch_end=on_epoch_end, grad_clip=grad_clip)
+        return validate
+
+    def evaluate(self, trained: Trained, model: nn.Module, prepared: Path, runtime: Runtime,
+                 out_dir: Path) -> Evaluation:
+        """COCO protocol on test: score ≥ 0.001, NMS at the training IoU, 100 detections per image."""
+        images = load_array(prepared, "test", "images")
+        gt = load_ground_truth(prepared, "test")
+        started = time.perf_counter()
+        boxes, scores = predict_dense(model, images, runtime)
+        batched_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
+        dets = select(boxes, scores, **coco_protocol(nms_iou(model, trained.config.train.nms_iou)))
+        stats = coco_scores(gt, dets)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "coco_summary.txt").write_text(stats["summary"])
+        shown = min(8, len(images))
+        save_detection_overlays(np.asarray(images[:shown]), detection_targets(prepared, "test")[:shown],
+                                [{k: v[d["scores"] >= 0.3] for k, v in d.items()} for d in dets[:shown]],
+                                trained.meta["class_names"], out_dir / "overlays.png")
+        metrics = {**{k: stats[k] for k in STATS}, "batched_ms_per_image": batched_ms, "images": int(len(images))}
+        return Evaluation(metrics, [write_json(out_dir / "per_class.json", stats["per_class"]),
+                                    out_dir / "coco_summary.txt", *write_pr_curve(stats, out_dir, "precision @ IoU 0.5 (mean over classes)",
+                                                    "Precision-recall on test (COCO protocol)"),
+                                    out_dir / "overlays.png"])
+
+    def tune(self, trained: Trained, model: nn.Module, tune: Any, prepared: Path, runtime: Runtime,
+             out_dir: Path) -> Tuning:
+        """Score threshold × NMS IoU grid on validation; the chosen point's precision/recall/F1 on test."""
+        iou_grid = list(tune.nms_iou_thresholds) if model.uses_nms else [None]
+        val_boxes, val_scores = predict_dense(model, load_array(prepared, "val", "images"), runtime)
+        point = tune_detection_thresholds(val_boxes, val_scores, detection_targets(prepared, "val"),
+                                          score_thresholds=list(tune.score_thresholds), iou_thresholds=iou_grid,
+                                          max_detections=tune.max_detections, objective=tune.objective,
+                                          target_precision=tune.target_precision)
+        test_boxes, test_scores = predict_dense(model, load_array(prepared, "test", "images"), runtime)
+        test_dets = select(test_boxes, test_scores, score_threshold=point.score_threshold,
+                           iou_threshold=point.iou_threshold, max_detections=tune.max_detections)
+        test = prf(test_dets, detection_targets(prepared, "test"))
+        thresholds = {"score_threshold": point.score_threshold, "nms_iou_threshold": point.iou_threshold,
+                      "max_detections": tune.max_detections}
+        report = {**thresholds, "objective": tune.objective, "target_met_on_val": point.target_met,
+                  "val_precision": point.precision, "val_recall": point.recall, "val_f1": point.f1,
+                  **{f"test_{k}": v for k, v in test.items()}}
+        return Tuning(thresholds, report, write_tuning_grid(
+            point.grid, out_dir, series="iou_threshold", chosen=(point.score_threshold, point.iou_threshold),
+            ylabel="F1 at IoU 0.5 (validation)"))
+
+    def onnx_metadata(self, trained: Trained) -> dict[str, Any]:
+        return {"class_names": trained.meta["class_names"], "uses_nms": bool(trained.model.uses_nms),
+                "input": "float32 [B,3,S,S] 0..255", "boxes": "xyxy absolute px"}
+
+    def parity(self, trained: Trained, graph: nn.Module, session: Any, inputs: torch.Tensor, prepared: Path,
+               thresholds: dict[str, Any], tolerances: Any) -> Parity:
+        """Dense outputs, detections after the shared post-processing, and test mAP of both."""
+        chosen = dict(score_threshold=thresholds["score_threshold"], iou_threshold=thresholds["nms_iou_threshold"],
+                      max_detections=thresholds["max_detections"])
+        with torch.no_grad():
+            torch_boxes, torch_scores = (t.numpy() for t in graph(inputs))
+        onnx_boxes, onnx_scores = run_onnx(session, inputs.numpy())
+        box_diff = float(np.abs(torch_boxes - onnx_boxes).max())
+        score_diff = float(np.abs(torch_scores - onnx_scores).max())
+        torch_dets = select(torch_boxes, torch_scores, **chosen)
+        onnx_dets = select(onnx_boxes, onnx_scores, **chosen)
+        same_count = all(len(a["scores"]) == len(b["scores"]) for a, b in zip(torch_dets, onnx_dets))
+        same = same_count and all((a["labels"] == b["labels"]).all() for a, b in zip(torch_dets, onnx_dets))
+        # mAP of both on the whole test split, COCO protocol.
+        from cvpipe.models.preprocess import to_model_input
+
+        images = np.asarray(load_array(prepared, "test", "images"))
+        gt = load_ground_truth(prepared, "test")
+        coco = coco_protocol(nms_iou(trained.model, thresholds["nms_iou_threshold"]))
+        map_torch = coco_scores(gt, select(*predict_dense(trained.model, images, CPU), **coco))["map50_95"]
+        map_onnx = coco_scores(gt, select(*run_onnx(session, to_model_input(images).numpy(), batch_size=64),
+                                          **coco))["map50_95"]
+        figures = {"max_box_diff": box_diff, "max_score_diff": score_diff, "same_detections": bool(same),
+                   "map50_95_torch": map_torch, "map50_95_onnx": map_onnx}
+        return Parity(figures, parity_problems(tolerances, box_diff=box_diff, score_diff=score_diff, same=same,
+                                               map_torch=map_torch, map_onnx=map_onnx))
+
+    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
+              input_size: tuple[int, int], scales: list[float], class_names: list[str],
+              meta: dict[str, Any]) -> pd.DataFrame:
+        iou = settings("nms_iou_threshold") if meta.get("uses_nms", True) else None
+        dets = select(outputs[0], outputs[1], score_threshold=float(settings("score_threshold")),
+                      iou_threshold=None if iou is None else float(iou),
+                      max_detections=int(settings("max_detections")))
+        rows: dict[str, list] = {"boxes": [], "scores": [], "labels": [], "class_names": []}
+        for det, scale in zip(dets, scales):
+            append_detections(rows, det, scale, class_names)
+        return pd.DataFrame(rows)
+
+    def output_schema(self) -> Any:
+        from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+        return Schema([ColSpec(Array(Array(DataType.double)), "boxes"), ColSpec(Array(DataType.double), "scores"),
+                       ColSpec(Array(DataType.long), "labels"), ColSpec(Array(DataType.string), "class_names")])
+
+    def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
+        """One test image per unit; detections at COCO's protocol with the version's own tuned NMS IoU."""
+        from cvpipe.lifecycle.bootstrap import CocoScorer
+
+        return CocoScorer(*served_coco_results(pyfunc, prepared, with_masks=False), metric)

@@ -1,86 +1,180 @@
-"""Semantic segmentation over the prepared scenes: train, predict probabilities, score (with and without
-post-processing)."""
+"""Semantic segmentation (U-Net, :mod:`cvpipe.models.unet`): one label per pixel, K classes or binary.
+
+- train: cross-entropy + soft Dice on augmented scenes; validation mIoU/Dice (no cleaning) per epoch.
+- evaluate: mIoU, Dice and pixel accuracy on test from one split-level confusion matrix of the raw masks
+  (argmax, or sigmoid ≥ 0.5 in binary mode); evaluate/per_class.json, overlays.png.
+- tune: mask threshold (binary mode) × minimum component area on validation, objective mean Dice; test scores
+  raw and cleaned, so the cleaning shows its worth; tune/tune_grid.csv + .png.
+- export: logits [B, C, H, W]; parity on the logits and the IoU of the post-processed label maps.
+- serving: int64 label maps [N, H, W] on the caller's pixel grid (0 = background, k = class k).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from cvpipe.data.arrays import load_array
+from cvpipe.data.ground_truth import semantic_targets
 from cvpipe.data.prepare import IGNORE_INDEX
-from cvpipe.data.segmentation_dataset import SegmentationDataset, binary_target, segmentation_augment
-from cvpipe.device import Runtime, predict_in_batches
-from cvpipe.metrics.segmentation import segmentation_scores, update_confusion
-from cvpipe.postprocess.masks import clean_mask, probabilities_to_labels
-from cvpipe.training.loop import FitResult, adamw_one_cycle, fit
+from cvpipe.data.segmentation_dataset import SegmentationDataset, segmentation_augment
+from cvpipe.device import Runtime
+from cvpipe.export import run_onnx
+from cvpipe.inference import predict_probabilities
+from cvpipe.metrics.segmentation import score_labels, update_confusion
+from cvpipe.plots import save_grid_curves, save_segmentation_overlays
+from cvpipe.postprocess.masks import labels_from_probabilities, probabilities_from_logits, unletterbox
+from cvpipe.tasks.base import Evaluation, Parity, Task, TrainData, Trained, Tuning, write_json
 
 
-def predict_probabilities(model: nn.Module, images: np.ndarray, runtime: Runtime,
-                          batch_size: int = 32) -> np.ndarray:
-    """float16 [N, C, S, S] probabilities (softmax over K+1 channels, or sigmoid of 1 in binary mode)."""
-    def probabilities(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-        logits = net(x).float()
-        probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-        return [probs.half()]  # float16 per batch: a split's probabilities at half the memory
-
-    return predict_in_batches(model, images, runtime, batch_size, probabilities)[0]
+def raw_labels(probs: np.ndarray) -> np.ndarray:
+    """Label maps before any tuning: argmax, or probability ≥ 0.5 in binary mode; no cleaning."""
+    return labels_from_probabilities(probs, threshold=None, min_area=0, fill_holes=False)
 
 
-def labels_from_probabilities(probs: np.ndarray, *, threshold: float | None, min_area: int,
-                              fill_holes: bool) -> np.ndarray:
-    """Label maps [N, S, S] after thresholding/argmax and connected-component cleaning (min_area 0 = none)."""
-    labels = probabilities_to_labels(probs.astype(np.float32), threshold)
-    if min_area <= 0 and not fill_holes:
-        return labels
-    return np.stack([clean_mask(m, min_area=min_area, fill_holes=fill_holes) for m in labels])
+class SegmentationTask(Task):
+    name = "segmentation"
+    final_metrics = ("val_miou",)
+    serving_params: ClassVar[dict[str, Any]] = {"mask_threshold": -1.0, "min_area": -1}
 
+    def class_names(self, config: Any, meta: dict[str, Any]) -> list[str]:
+        return ["foreground"] if config.train.binary else list(meta["class_names"])
 
-def split_targets(prepared_dir: str | Path, split: str, binary: bool) -> np.ndarray:
-    masks = np.asarray(load_array(prepared_dir, split, "semantic")).astype(np.int64)
-    return binary_target(masks) if binary else masks
+    def model_arguments(self, config: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        return {**super().model_arguments(config, meta), "binary": config.train.binary}
 
+    def criterion_arguments(self, config: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        return {**super().criterion_arguments(config, meta), "binary": config.train.binary}
 
-def score_labels(labels: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict:
-    """mIoU, Dice, pixel accuracy from one confusion matrix over the whole split."""
-    confusion = update_confusion(None, labels, targets, len(class_names), ignore_index=IGNORE_INDEX)
-    return segmentation_scores(confusion, class_names)
+    def train_data(self, prepared: Path, config: Any) -> TrainData:
+        return TrainData(SegmentationDataset.from_prepared(prepared, "train", binary=config.train.binary,
+                                                           transform=segmentation_augment()))
 
+    def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:
+        from cvpipe.data.prepare import load_meta
 
-def train_segmenter(model: nn.Module, criterion: nn.Module, *, prepared_dir: str | Path, runtime: Runtime,
-                    seed: int, epochs: int, batch_size: int, lr: float, weight_decay: float, binary: bool,
-                    class_names: list[str], checkpoint_path: str | Path, fingerprint: str,
-                    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
-    """AdamW + one-cycle over augmented scenes; validation mIoU/Dice (no cleaning) every epoch."""
-    train_set = SegmentationDataset.from_prepared(prepared_dir, "train", binary=binary,
-                                                  transform=segmentation_augment())
-    if len(train_set) == 0:
-        raise ValueError(f"{prepared_dir}/train holds no images: nothing to train on")
-    val_images = load_array(prepared_dir, "val", "images")
-    val_targets = split_targets(prepared_dir, "val", binary)
+        images = load_array(prepared, "val", "images")
+        targets = semantic_targets(prepared, "val", config.train.binary)
+        names = self.class_names(config, load_meta(prepared))
 
-    def make_batches(epoch: int) -> DataLoader:
-        return DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size,
-                          generator=torch.Generator().manual_seed(seed + epoch))
+        def validate(net: nn.Module) -> dict[str, float]:
+            if len(images) == 0:
+                return {}
+            scores = score_labels(raw_labels(predict_probabilities(net, images, runtime)), targets, names)
+            return {"miou": scores["miou"], "dice": scores["dice"]}
 
-    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images, masks = batch
-        return criterion(net(runtime.prepare_input(images.float())).float(), masks.to(runtime.device))
+        return validate
 
-    def evaluate(net: nn.Module) -> dict[str, float]:
-        if len(val_images) == 0:
-            return {}
-        labels = labels_from_probabilities(predict_probabilities(net, val_images, runtime), threshold=None,
-                                           min_area=0, fill_holes=False)
-        scores = score_labels(labels, val_targets, class_names)
-        return {"miou": scores["miou"], "dice": scores["dice"]}
+    def evaluate(self, trained: Trained, model: nn.Module, prepared: Path, runtime: Runtime,
+                 out_dir: Path) -> Evaluation:
+        binary = trained.config.train.binary
+        names = self.class_names(trained.config, trained.meta)
+        images = load_array(prepared, "test", "images")
+        targets = semantic_targets(prepared, "test", binary)
+        raw = raw_labels(predict_probabilities(model, images, runtime))
+        scores = score_labels(raw, targets, names)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shown = min(6, len(images))
+        save_segmentation_overlays(np.asarray(images[:shown]), targets[:shown], raw[:shown], names,
+                                   out_dir / "overlays.png")
+        metrics = {"miou": scores["miou"], "dice": scores["dice"], "pixel_accuracy": scores["pixel_accuracy"],
+                   "images": int(len(images))}
+        return Evaluation(metrics, [write_json(out_dir / "per_class.json", scores["per_class"]),
+                                    out_dir / "overlays.png"])
 
-    optimizer, scheduler = adamw_one_cycle(model, lr=lr, weight_decay=weight_decay,
-                                           total_steps=epochs * len(make_batches(0)), pct_start=0.1)
-    return fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-               optimizer=optimizer, scheduler=scheduler, epochs=epochs, seed=seed, checkpoint_path=checkpoint_path,
-               fingerprint=fingerprint, on_epoch_end=on_epoch_end)
+    def tune(self, trained: Trained, model: nn.Module, tune: Any, prepared: Path, runtime: Runtime,
+             out_dir: Path) -> Tuning:
+        """Mask threshold (binary mode) × minimum component area on validation, objective mean Dice; then test."""
+        binary = trained.config.train.binary
+        names = self.class_names(trained.config, trained.meta)
+        thresholds: list[float | None] = list(tune.thresholds) if binary else [None]
+        val_probs = predict_probabilities(model, load_array(prepared, "val", "images"), runtime)
+        val_targets = semantic_targets(prepared, "val", binary)
+        grid = []
+        for threshold in thresholds:
+            for min_area in tune.min_areas:
+                labels = labels_from_probabilities(val_probs, threshold=threshold, min_area=min_area,
+                                                   fill_holes=tune.fill_holes)
+                scores = score_labels(labels, val_targets, names)
+                grid.append({"threshold": threshold, "min_area": min_area, "dice": scores["dice"],
+                             "miou": scores["miou"]})
+        best = max(grid, key=lambda g: (g["dice"], -g["min_area"]))  # ties: the lighter cleaning
+        test_probs = predict_probabilities(model, load_array(prepared, "test", "images"), runtime)
+        test_targets = semantic_targets(prepared, "test", binary)
+        test = score_labels(labels_from_probabilities(test_probs, threshold=best["threshold"],
+                                                      min_area=best["min_area"], fill_holes=tune.fill_holes),
+                            test_targets, names)
+        raw = score_labels(raw_labels(test_probs), test_targets, names)
+        chosen = {"mask_threshold": best["threshold"], "min_area": best["min_area"], "fill_holes": tune.fill_holes}
+        report = {**chosen, "val_dice": best["dice"], "val_miou": best["miou"], "test_dice": test["dice"],
+                  "test_miou": test["miou"], "test_pixel_accuracy": test["pixel_accuracy"],
+                  "test_raw_dice": raw["dice"], "test_raw_miou": raw["miou"]}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame(grid)
+        table.to_csv(out_dir / "tune_grid.csv", index=False)
+        save_grid_curves(table, out_dir / "tune_grid.png", x="min_area", y="dice", series="threshold",
+                         chosen=(best["min_area"], best["threshold"]), xlabel="minimum component area (px)",
+                         ylabel="mean Dice (validation)", title="Mask cleaning grid (validation)")
+        return Tuning(chosen, report, [out_dir / "tune_grid.csv", out_dir / "tune_grid.png"])
+
+    def onnx_metadata(self, trained: Trained) -> dict[str, Any]:
+        return {"class_names": self.class_names(trained.config, trained.meta), "binary": trained.config.train.binary,
+                "input": "float32 [B,3,H,W] 0..255", "output": "logits [B,C,H,W]"}
+
+    def parity(self, trained: Trained, graph: nn.Module, session: Any, inputs: torch.Tensor, prepared: Path,
+               thresholds: dict[str, Any], tolerances: Any) -> Parity:
+        """Logits, and the label maps after the tuned threshold and cleaning (foreground IoU, agreement)."""
+        with torch.no_grad():
+            torch_logits = graph(inputs).numpy()
+        onnx_logits = run_onnx(session, inputs.numpy(), batch_size=16)[0]
+        diff = float(np.abs(torch_logits - onnx_logits).max())
+
+        def labels(logits: np.ndarray) -> np.ndarray:
+            return labels_from_probabilities(probabilities_from_logits(logits).astype(np.float32),
+                                             threshold=thresholds["mask_threshold"],
+                                             min_area=thresholds["min_area"], fill_holes=thresholds["fill_holes"])
+
+        torch_labels, onnx_labels = labels(torch_logits), labels(onnx_logits)
+        a, b = torch_labels > 0, onnx_labels > 0
+        union = np.logical_or(a, b).sum()
+        mask_iou = float(np.logical_and(a, b).sum() / union) if union else 1.0
+        figures = {"max_logit_diff": diff, "mask_iou": mask_iou,
+                   "label_agreement": float((torch_labels == onnx_labels).mean())}
+        problems = []
+        if diff > tolerances.logits_atol:
+            problems.append(f"max |logit diff| {diff:.3g} > {tolerances.logits_atol}")
+        if mask_iou < tolerances.min_mask_iou:
+            problems.append(f"foreground mask IoU {mask_iou:.4f} < {tolerances.min_mask_iou}")
+        return Parity(figures, problems)
+
+    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
+              input_size: tuple[int, int], scales: list[float], class_names: list[str],
+              meta: dict[str, Any]) -> np.ndarray:
+        labels = labels_from_probabilities(probabilities_from_logits(outputs[0]).astype(np.float32),
+                                           threshold=settings("mask_threshold"),
+                                           min_area=int(settings("min_area") or 0),
+                                           fill_holes=bool(meta.get("fill_holes", False)))
+        if all(s == 1.0 for s in scales) and labels.shape[1:] == tuple(image_size):
+            return labels.astype(np.int64)
+        return np.stack([unletterbox(m, scale, image_size) for m, scale in zip(labels, scales)]).astype(np.int64)
+
+    def output_schema(self) -> Any:
+        from mlflow.types.schema import Schema, TensorSpec
+
+        return Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))])
+
+    def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
+        """One test image per unit: the confusion matrix of the served (thresholded, cleaned) label map."""
+        from cvpipe.lifecycle.bootstrap import ConfusionScorer
+
+        model = pyfunc.unwrap_python_model()
+        targets = semantic_targets(prepared, "test", bool(model.meta.get("binary")))
+        labels = pyfunc.predict(np.asarray(load_array(prepared, "test", "images")))
+        confusions = np.stack([update_confusion(None, p, t, len(model.class_names), ignore_index=IGNORE_INDEX)
+                               for p, t in zip(labels, targets)])
+        return ConfusionScorer(confusions, metric)

@@ -9,6 +9,7 @@ dict of named loss terms plus 'loss') and ``evaluate`` (model → dict of valida
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,13 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         loss_fn: LossFn, evaluate: Callable[[nn.Module], dict[str, float]],
         optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         epochs: int, seed: int, checkpoint_path: str | Path, fingerprint: str,
-        on_epoch_end: EpochCallback | None = None, grad_clip: float | None = None) -> FitResult:
-    """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` when it matches."""
+        on_epoch_end: EpochCallback | None = None, grad_clip: float | None = None,
+        checkpoint_extra: dict[str, Any] | None = None, replay_history: bool = False) -> FitResult:
+    """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` when it matches.
+
+    ``checkpoint_extra`` is stored in every checkpoint (the MLflow run id). ``replay_history``: when resuming,
+    call ``on_epoch_end`` for the epochs the checkpoint already holds (a new MLflow run gets the whole curve).
+    """
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -51,6 +57,9 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         scaler.load_state_dict(state["scaler"])
         history, start_epoch = state["history"], state["epoch"]
         log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
+        if replay_history and on_epoch_end is not None:
+            for record in history:
+                on_epoch_end(int(record["epoch"]), record)
     for epoch in range(start_epoch + 1, epochs + 1):
         seed_everything(seed + epoch)
         model.train()
@@ -88,6 +97,7 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "fingerprint": fingerprint,
+            **(checkpoint_extra or {}),
         })
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
@@ -96,8 +106,16 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
 
 def adamw_one_cycle(model: nn.Module, *, lr: float, weight_decay: float, total_steps: int,
                     pct_start: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with a one-cycle schedule peaking at ``lr`` after ``pct_start`` of ``total_steps`` (≥ 1)."""
+    """AdamW with a one-cycle schedule peaking at ``lr`` after ``pct_start`` of ``total_steps`` (≥ 1).
+
+    OneCycleLR divides by the length of its warm-up phase, ``pct_start · total_steps − 1`` steps; when that is
+    exactly 0 (10 steps at 0.1: a small dataset, few epochs) it would raise ZeroDivisionError, so the warm-up is
+    halved there, which makes the schedule pure annealing, as it already is whenever that length is below 0.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1),
+    total_steps = max(total_steps, 1)
+    if math.isclose(pct_start * total_steps, 1.0):
+        pct_start /= 2
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps,
                                                     pct_start=pct_start)
     return optimizer, scheduler

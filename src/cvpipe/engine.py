@@ -1,0 +1,203 @@
+"""The generic stage engine: train, evaluate, tune and export any registered task and architecture.
+
+Files (``model_dir`` = models/<name>, ``report_dir`` = reports/<name>), the same for every task:
+
+- train:    model_dir/model.pt (CPU weights, the typed model config as trained, the data facts the model needs
+            to be rebuilt), model_dir/checkpoints/last.pt (resume point), report_dir/training.csv (DVC plot)
+- evaluate: report_dir/metrics.json (the task's test metrics + single-image latency), report_dir/evaluate/
+            (the task's tables and figures)
+- tune:     model_dir/thresholds.json (the operating point), report_dir/tune.json (validation choice, test
+            figures), report_dir/tune/ (the grid and its figure)
+- export:   model_dir/model.onnx (dynamic batch; thresholds and class names in its metadata),
+            report_dir/export.json (parity figures, PyTorch and onnxruntime latency); a broken parity gate
+            raises :class:`cvpipe.errors.ParityError`
+
+What differs between tasks comes from their :class:`cvpipe.tasks.base.Task` (:func:`cvpipe.registry.get_task`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from cvpipe.build import build_criterion, build_model
+from cvpipe.code_fingerprint import code_hash
+from cvpipe.data.arrays import load_array
+from cvpipe.data.prepare import load_meta
+from cvpipe.device import CPU, Runtime
+from cvpipe.errors import ConfigError, ParityError
+from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session
+from cvpipe.models.preprocess import to_model_input
+from cvpipe.registry import get_task
+from cvpipe.task_config import dump_config, load_model_config
+from cvpipe.tasks.base import StageOutcome, Task, Trained, latency_ms, numeric, write_json
+from cvpipe.training.checkpoint import fingerprint, load_checkpoint
+from cvpipe.training.loop import adamw_one_cycle, fit
+
+log = logging.getLogger(__name__)
+
+
+def model_inputs(task: Task, prepared: Path, split: str) -> np.ndarray:
+    """The split's model inputs (memory-mapped uint8 [N, H, W, 3]): scenes, or the classifier's crops."""
+    return load_array(prepared, split, task.input_array)
+
+
+def onnx_input_example(task_name: str, prepared: Path) -> np.ndarray:
+    """One preprocessed test input: the input example stored with the registered model."""
+    return to_model_input(np.asarray(model_inputs(get_task(task_name), prepared, "test")[:1])).numpy()
+
+
+def build(task: Task, config: Any, meta: dict[str, Any], *, pretrained: bool = True) -> torch.nn.Module:
+    """The configured architecture for the prepared data described by ``meta`` (random init, then the
+    configured pretrained weights unless ``pretrained`` is False)."""
+    train = config.train if pretrained else dataclasses.replace(config.train, pretrained=None)
+    model = build_model(config.task, train, **task.model_arguments(config, meta))
+    task.check_model(model, config)
+    return model
+
+
+def checkpoint_path(model_dir: Path) -> Path:
+    return model_dir / "checkpoints" / "last.pt"
+
+
+def run_fingerprint(config: Any, meta: dict[str, Any], seed: int) -> str:
+    """What a checkpoint must match to be resumed: the train params, the data, the seed and the code."""
+    return fingerprint(dump_config(config.train), meta["data_hash"], seed, code_hash(config.task, config.train.arch))
+
+
+def resumable_run_id(config: Any, *, prepared: Path, model_dir: Path, seed: int) -> str | None:
+    """The MLflow run of the checkpoint that :func:`train` would resume, if there is one."""
+    state = load_checkpoint(checkpoint_path(model_dir), run_fingerprint(config, load_meta(prepared), seed))
+    return None if state is None else state.get("mlflow_run_id")
+
+
+def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime, seed: int,
+          on_epoch_end: Callable[[int, dict[str, float]], None], run_id: str | None = None,
+          replay_history: bool = False) -> StageOutcome:
+    """Train ``config`` (a typed model section) with AdamW + one-cycle, resuming from the checkpoint of the same
+    params, data and code; writes model.pt and training.csv. ``run_id`` (the MLflow run) is kept in the
+    checkpoint so a resumed training continues that run; ``replay_history`` re-reports the epochs a resumed
+    checkpoint holds (for a run that has not seen them)."""
+    task = get_task(config.task)
+    meta = load_meta(prepared)
+    cfg = config.train
+    torch.manual_seed(seed)
+    model = runtime.prepare_model(build(task, config, meta))
+    criterion = build_criterion(config.task, cfg, **task.criterion_arguments(config, meta)).to(runtime.device)
+    data = task.train_data(prepared, config)
+    if len(data.dataset) == 0:
+        raise ConfigError(f"{prepared}/train holds no {task.input_array}: nothing to train on")
+    validate = task.validator(prepared, config, runtime)
+
+    def make_batches(epoch: int) -> DataLoader:
+        return DataLoader(data.dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=data.collate,
+                          drop_last=len(data.dataset) > cfg.batch_size,
+                          generator=torch.Generator().manual_seed(seed + epoch))
+
+    def loss_fn(net: torch.nn.Module, batch: tuple[torch.Tensor, Any]) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        return criterion(net(runtime.prepare_input(inputs.float())), to_device(targets, runtime.device))
+
+    optimizer, scheduler = adamw_one_cycle(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           total_steps=cfg.epochs * len(make_batches(0)),
+                                           pct_start=cfg.warmup_fraction)
+    result = fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=validate,
+                 optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, seed=seed,
+                 checkpoint_path=checkpoint_path(model_dir), fingerprint=run_fingerprint(config, meta, seed),
+                 on_epoch_end=on_epoch_end, grad_clip=cfg.grad_clip,
+                 checkpoint_extra={"mlflow_run_id": run_id} if run_id else None, replay_history=replay_history)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(result.history).to_csv(report_dir / "training.csv", index=False)
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": dump_config(config),
+                "meta": {k: meta[k] for k in task.meta_keys}}, model_dir / "model.pt")
+    final = result.history[-1]
+    metrics = {"final_train_loss": final["train_loss"],
+               **{f"final_{name}": final.get(name, 0.0) for name in task.final_metrics},
+               "resumed_from_epoch": float(result.resumed_from_epoch)}
+    return StageOutcome(metrics=metrics, artifacts=[model_dir / "model.pt", report_dir / "training.csv"])
+
+
+def to_device(targets: Any, device: torch.device) -> Any:
+    """A batch's targets on ``device``: a tensor, or a list (one per image) of dicts of tensors."""
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device)
+    return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def load_trained(model_dir: Path) -> Trained:
+    """The model saved by :func:`train` (CPU, eval mode) with its typed config and data facts."""
+    path = model_dir / "model.pt"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no trained model; run the train stage first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if "config" not in saved:
+        raise ConfigError(f"{path} was written by an older cvpipe (no typed config); re-run `dvc repro`")
+    config = load_model_config(saved["config"], str(path))
+    task = get_task(config.task)
+    model = build(task, config, saved["meta"], pretrained=False)
+    model.load_state_dict(saved["state_dict"])
+    return Trained(model=model.eval(), config=config, meta=saved["meta"])
+
+
+def evaluate(*, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime,
+             latency_runs: int) -> StageOutcome:
+    """The task's test metrics and figures, plus p50/p95 single-image latency on ``runtime``."""
+    trained = load_trained(model_dir)
+    task = get_task(trained.config.task)
+    model = runtime.prepare_model(trained.model)
+    result = task.evaluate(trained, model, prepared, runtime, report_dir / "evaluate")
+    example = to_model_input(np.asarray(model_inputs(task, prepared, "test")[:1]))
+    lat = latency_ms(task.graph(model), example, runtime, latency_runs)
+    metrics = {**result.metrics, "latency_ms_p50": lat["p50"], "latency_ms_p95": lat["p95"]}
+    paths = [write_json(report_dir / "metrics.json", metrics), *result.artifacts]
+    return StageOutcome(metrics={f"test_{k}": float(v) for k, v in metrics.items()}, artifacts=paths)
+
+
+def tune(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, runtime: Runtime) -> StageOutcome:
+    """The operating point chosen on validation with ``config.tune``'s grid, reported on test."""
+    trained = load_trained(model_dir)
+    task = get_task(trained.config.task)
+    model = runtime.prepare_model(trained.model)
+    tuning = task.tune(trained, model, config.tune, prepared, runtime, report_dir / "tune")
+    paths = [write_json(model_dir / "thresholds.json", tuning.thresholds),
+             write_json(report_dir / "tune.json", tuning.report), *tuning.artifacts]
+    return StageOutcome(metrics=numeric(tuning.report), artifacts=paths)
+
+
+def export(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, opset: int, latency_runs: int,
+           parity_images: int) -> StageOutcome:
+    """ONNX with a dynamic batch axis, checked against PyTorch on test inputs (tolerances: ``config.export``)."""
+    trained = load_trained(model_dir)
+    task = get_task(trained.config.task)
+    thresholds = json.loads((model_dir / "thresholds.json").read_text())
+    inputs = to_model_input(np.asarray(model_inputs(task, prepared, "test")[:parity_images]))
+    graph = task.graph(trained.model).eval()
+    onnx_path = export_onnx(graph, inputs[:2], model_dir / "model.onnx", opset=opset, output_names=task.onnx_outputs,
+                            metadata={**task.onnx_metadata(trained), **thresholds})
+    session = onnx_session(onnx_path)
+    parity = task.parity(trained, graph, session, inputs, prepared, thresholds, config.export)
+    result = {**parity.figures, "parity_images": int(len(inputs)),
+              **export_latencies(graph, session, inputs[:1], latency_runs)}
+    write_json(report_dir / "export.json", result)
+    if parity.problems:
+        raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch on {len(inputs)} test inputs: "
+                          + "; ".join(parity.problems))
+    return StageOutcome(metrics={f"export_{k}": float(v) for k, v in result.items()},
+                        artifacts=[onnx_path, report_dir / "export.json"])
+
+
+def export_latencies(model: torch.nn.Module, session: Any, example: torch.Tensor, runs: int) -> dict[str, float]:
+    """p50/p95 ms of one input through the PyTorch model on the CPU and through the onnxruntime session."""
+    torch_lat = latency_ms(model, example, CPU, runs)
+    onnx_lat = onnx_latency_ms(session, example.numpy(), runs)
+    return {"torch_latency_ms_p50": torch_lat["p50"], "torch_latency_ms_p95": torch_lat["p95"],
+            "onnx_latency_ms_p50": onnx_lat["p50"], "onnx_latency_ms_p95": onnx_lat["p95"]}

@@ -1,0 +1,101 @@
+"""The one place that maps params names to code: task names to their :class:`cvpipe.tasks.base.Task` and typed
+config, architecture names (``models.<name>.train.arch``) to their model builder and criterion.
+
+Entries are ``"module:attribute"`` strings, imported only when used, so reading params (and failing on a bad
+one) never pays for torch. Adding an architecture of an existing task is one model file, one loss file and
+one line in :data:`ARCHITECTURES`; adding a task is one task file, its config classes and one line in
+:data:`TASKS`. Nothing else dispatches on task or architecture names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cvpipe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    implementation: str  # "module:Class" of the Task
+    config: str  # "module:Class" of the typed models.<name> section
+
+
+@dataclass(frozen=True)
+class Architecture:
+    task: str  # the task whose contract the model follows
+    model: str  # "module:callable" (num_classes, mean, std, **train.model) → nn.Module
+    loss: str  # "module:callable" (**train.loss, num_classes when it takes it) → criterion returning named terms
+
+
+TASKS: dict[str, TaskEntry] = {
+    "classification": TaskEntry("cvpipe.tasks.classification:ClassificationTask", "cvpipe.task_config:ClassifierConfig"),
+    "detection": TaskEntry("cvpipe.tasks.detection:DetectionTask", "cvpipe.task_config:DetectorConfig"),
+    "segmentation": TaskEntry("cvpipe.tasks.segmentation:SegmentationTask", "cvpipe.task_config:SegmenterConfig"),
+    "instance_segmentation": TaskEntry("cvpipe.tasks.instance_segmentation:InstanceSegmentationTask",
+                                       "cvpipe.task_config:InstanceSegmenterConfig"),
+}
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "small_resnet": Architecture("classification", "cvpipe.models.classifier:SmallResNet",
+                                 "cvpipe.losses.classification:ClassificationLoss"),
+    "yolo": Architecture("detection", "cvpipe.models.yolo:build_yolo", "cvpipe.losses.yolo:YoloLoss"),
+    "ssd": Architecture("detection", "cvpipe.models.ssd:build_ssd", "cvpipe.losses.ssd:SSDMultiBoxLoss"),
+    "detr": Architecture("detection", "cvpipe.models.detr:build_detr", "cvpipe.losses.detr:build_criterion"),
+    "unet": Architecture("segmentation", "cvpipe.models.unet:build_unet", "cvpipe.losses.segmentation:SegmentationLoss"),
+    "yolact": Architecture("instance_segmentation", "cvpipe.models.yolact:build_yolact",
+                           "cvpipe.losses.yolact:YolactLoss"),
+}
+
+
+def resolve(reference: str) -> Any:
+    """The object a ``"module:attribute"`` entry names."""
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def task_entry(task: str, where: str = "task") -> TaskEntry:
+    if task not in TASKS:
+        raise ConfigError(f"params.yaml: {where}.task {task!r} is unknown; choose one of {sorted(TASKS)}")
+    return TASKS[task]
+
+
+def task_config_class(task: str, where: str = "task") -> type:
+    return resolve(task_entry(task, where).config)
+
+
+def get_task(task: str) -> Any:
+    """The :class:`cvpipe.tasks.base.Task` implementation of ``task`` (an instance)."""
+    return resolve(task_entry(task).implementation)()
+
+
+def architecture(arch: str, task: str, where: str = "models.<name>.train") -> Architecture:
+    """The registered ``arch``, checked to follow ``task``'s contract."""
+    if arch not in ARCHITECTURES:
+        candidates = sorted(a for a, entry in ARCHITECTURES.items() if entry.task == task)
+        raise ConfigError(f"params.yaml: {where}.arch {arch!r} is unknown for task {task!r}; choose one of {candidates}")
+    entry = ARCHITECTURES[arch]
+    if entry.task != task:
+        raise ConfigError(f"params.yaml: {where}.arch {arch!r} is a {entry.task} architecture, not {task}")
+    return entry
+
+
+def code_modules(task: str, arch: str) -> list[str]:
+    """The modules a model of ``task``/``arch`` is built from (the roots of its code fingerprint)."""
+    entry = architecture(arch, task)
+    return [reference.partition(":")[0] for reference in (task_entry(task).implementation, entry.model, entry.loss)]
+
+
+@contextlib.contextmanager
+def registered(name: str, entry: Architecture) -> Iterator[None]:
+    """``entry`` registered as architecture ``name`` for the duration of the block (plug-ins, tests)."""
+    if name in ARCHITECTURES:
+        raise ValueError(f"architecture {name!r} is already registered")
+    ARCHITECTURES[name] = entry
+    try:
+        yield
+    finally:
+        del ARCHITECTURES[name]
