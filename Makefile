@@ -49,5 +49,6 @@ ui: venv
 retrain: venv
 	$(BIN)/cvpipe retrain --repo $(CURDIR)
 
-clean:
-	rm -rf data/raw data/validated data/prepared models reports dvc.lock
+# Only what dvc.yaml declares as outputs, and dvc.lock: never user data, never the MLflow store.
+clean: venv
+	$(BIN)/cvpipe clean --repo $(CURDIR)

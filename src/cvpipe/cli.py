@@ -95,6 +95,14 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clean(args: argparse.Namespace) -> int:
+    from cvpipe.clean import clean
+
+    for path in clean(args.repo, dry_run=args.dry_run):
+        sys.stdout.write(f"{'would delete' if args.dry_run else 'deleted'} {path}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvpipe", description="cvpipe command-line tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                          help="wait this long for a running retrain to finish (default 0: exit 75 at once)")
     retrain.set_defaults(func=_retrain)
+    clean = sub.add_parser("clean", help="delete the outputs dvc.yaml declares and dvc.lock; never user data or MLflow")
+    clean.add_argument("--repo", type=Path, default=Path("."), help="the project's DVC repository (default: .)")
+    clean.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    clean.set_defaults(func=_clean)
     return parser
 
 
