@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cvpipe.export import save_onnx
 from cvpipe.errors import ConfigError
-from cvpipe.serving import OnnxVisionModel, signature
+from cvpipe.serving import OnnxVisionModel, decode_column, signature
 
 SIZE = 32
 
@@ -118,6 +119,8 @@ def test_bad_inputs_are_named_and_the_signature_states_the_contract():
     with pytest.raises(ConfigError, match="task '' is unknown"):
         model.load_onnx("unused.onnx", task="")
     sig = signature("detection")
-    assert sig.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, -1, -1, 3)}
+    assert sig.inputs is None  # two input forms (uint8 tensor, base64 DataFrame): predict checks them itself
+    with pytest.raises(ValueError, match="column 'image'"):
+        decode_column(pd.DataFrame({"pixels": [1]}))
     assert sig.outputs.input_names() == ["boxes", "scores", "labels", "class_names"]
     assert {p.name for p in sig.params} == {"score_threshold", "nms_iou_threshold", "max_detections"}

@@ -241,6 +241,6 @@ def test_the_champion_loads_with_one_call_and_predicts_labels(registry, tmp_path
     resized = model.predict(np.repeat(np.repeat(crops[:4], 3, axis=1), 3, axis=2))  # 24 × 24: resized to 8 × 8
     assert (resized["label"].to_numpy() == table["label"].to_numpy()[:4]).all()
     assert not model.predict(crops[:3], params={"reject_threshold": 0.99})["accepted"].any()
-    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    assert model.metadata.signature.inputs is None and model.metadata.signature.params is not None
     with pytest.raises(Exception, match="uint8"):
         model.predict(crops.astype(np.float32))

@@ -95,6 +95,25 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import logging
+
+    from cvpipe.predict import PredictError, predict
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {"score_threshold": args.score_threshold, "nms_iou_threshold": args.nms_iou_threshold,
+                 "max_detections": args.max_detections, "mask_threshold": args.mask_threshold,
+                 "min_area": args.min_area, "reject_threshold": args.reject_threshold}
+    try:
+        report = predict(args.source, args.model, args.out, overrides=overrides, batch_size=args.batch_size,
+                         overlays=not args.no_overlays, progress=not args.quiet)
+    except PredictError as exc:
+        raise UserError(str(exc)) from None
+    sys.stdout.write(f"{report['images']} images predicted ({report['images_per_second']} images/s), "
+                     f"{report['skipped']} skipped (see {args.out / 'skipped.csv'}); outputs in {args.out}\n")
+    return 0 if report["images"] else 1
+
+
 def _clean(args: argparse.Namespace) -> int:
     from cvpipe.clean import clean
 
@@ -118,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                          help="wait this long for a running retrain to finish (default 0: exit 75 at once)")
     retrain.set_defaults(func=_retrain)
+    pred = sub.add_parser("predict", help="run a trained model on image files (a file, a folder or a glob)")
+    pred.add_argument("source", help="an image file, a folder (searched recursively) or a glob such as 'shots/**/*.jpg'")
+    pred.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a "
+                                                     "pipeline model folder (models/yolo) or an .onnx file")
+    pred.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
+    pred.add_argument("--batch-size", type=int, default=16)
+    pred.add_argument("--no-overlays", action="store_true", help="skip the overlay pictures")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    for flag, kind in (("--score-threshold", float), ("--nms-iou-threshold", float), ("--max-detections", int),
+                       ("--mask-threshold", float), ("--min-area", int), ("--reject-threshold", float)):
+        pred.add_argument(flag, type=kind, default=None, help="override the tuned value (where the task has it)")
+    pred.set_defaults(func=_predict)
     clean = sub.add_parser("clean", help="delete the outputs dvc.yaml declares and dvc.lock; never user data or MLflow")
     clean.add_argument("--repo", type=Path, default=Path("."), help="the project's DVC repository (default: .)")
     clean.add_argument("--dry-run", action="store_true", help="list what would be deleted")

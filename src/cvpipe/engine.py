@@ -182,7 +182,7 @@ def export(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, op
     inputs = to_model_input(np.asarray(model_inputs(task, prepared, "test")[:parity_images]))
     graph = task.graph(trained.model).eval()
     onnx_path = export_onnx(graph, inputs[:2], model_dir / "model.onnx", opset=opset, output_names=task.onnx_outputs,
-                            metadata={**task.onnx_metadata(trained), **thresholds})
+                            metadata={"task": task.name, **task.onnx_metadata(trained), **thresholds})
     session = onnx_session(onnx_path)
     parity = task.parity(trained, graph, session, inputs, prepared, thresholds, config.export)
     result = {**parity.figures, "parity_images": int(len(inputs)),

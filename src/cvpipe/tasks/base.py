@@ -165,6 +165,20 @@ class Task(ABC):
         """How served images of another size reach the input size: "letterbox" (scenes) or "resize" (crops)."""
         return "letterbox"
 
+    def combine_served(self, answers: list[Any], *, encoded: bool) -> Any:
+        """One answer for a request from :meth:`serve`'s per-image answers (each for one image); ``encoded``: the
+        request sent encoded files (sizes may differ). Default: the one-row DataFrames stacked."""
+        import pandas as pd
+
+        if not answers:
+            return pd.DataFrame(columns=self.output_schema().input_names())
+        return pd.concat(answers, ignore_index=True)
+
+    @abstractmethod
+    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
+        """The :class:`cvpipe.prediction_writers.PredictionWriter` that ``cvpipe predict`` fills with this task's
+        per-image answers."""
+
 
 def write_json(path: Path, data: object) -> Path:
     """Write ``data`` as indented JSON (creating folders); returns the path, for artifact lists."""

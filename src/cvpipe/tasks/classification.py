@@ -141,6 +141,11 @@ class ClassificationTask(Task):
         return pd.DataFrame({"label": labels.astype(np.int64), "class_name": [class_names[i] for i in labels],
                              "score": scores.astype(np.float64), "accepted": scores >= threshold})
 
+    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
+        from cvpipe.prediction_writers import ClassificationWriter
+
+        return ClassificationWriter(out_dir, class_names, overlays=overlays)
+
     def output_schema(self) -> Any:
         from mlflow.types.schema import ColSpec, DataType, Schema
 

@@ -231,6 +231,11 @@ class DetectionTask(Task):
             append_detections(rows, det, scale, class_names)
         return pd.DataFrame(rows)
 
+    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
+        from cvpipe.prediction_writers import DetectionWriter
+
+        return DetectionWriter(out_dir, class_names, overlays=overlays, with_masks=self.with_masks)
+
     def output_schema(self) -> Any:
         from mlflow.types.schema import Array, ColSpec, DataType, Schema
 

@@ -163,6 +163,31 @@ class SegmentationTask(Task):
             return labels.astype(np.int64)
         return np.stack([unletterbox(m, scale, image_size) for m, scale in zip(labels, scales)]).astype(np.int64)
 
+    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
+        from cvpipe.prediction_writers import SegmentationWriter
+
+        return SegmentationWriter(out_dir, class_names, overlays=overlays)
+
+    def combine_served(self, answers: list[Any], *, encoded: bool) -> Any:
+        """Label maps [N, H, W]; for encoded images (sizes may differ) one row per image with the label map as a
+        base64 PNG (8-bit, 16-bit above 255 classes)."""
+        if not encoded:
+            return np.concatenate(answers) if answers else np.zeros((0, 0, 0), np.int64)
+        import base64
+        import io
+
+        from PIL import Image
+
+        rows = {"height": [], "width": [], "label_map_png": []}
+        for answer in answers:
+            labels = np.asarray(answer)[0]
+            buffer = io.BytesIO()
+            Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(buffer, "PNG")
+            rows["height"].append(int(labels.shape[0]))
+            rows["width"].append(int(labels.shape[1]))
+            rows["label_map_png"].append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        return pd.DataFrame(rows)
+
     def output_schema(self) -> Any:
         from mlflow.types.schema import Schema, TensorSpec
 
