@@ -57,8 +57,12 @@ def onnx_input_example(task_name: str, prepared: Path) -> np.ndarray:
 
 def build(task: Task, config: Any, meta: dict[str, Any], *, pretrained: bool = True) -> torch.nn.Module:
     """The configured architecture for the prepared data described by ``meta`` (random init, then the
-    configured pretrained weights unless ``pretrained`` is False)."""
-    train = config.train if pretrained else dataclasses.replace(config.train, pretrained=None)
+    configured pretrained and backbone weights unless ``pretrained`` is False: a trained model's own weights
+    follow, so the starting weights need not be there any more)."""
+    train = config.train
+    if not pretrained:
+        model_kwargs = {k: v for k, v in train.model.items() if k != "backbone_weights"}
+        train = dataclasses.replace(train, pretrained=None, model=model_kwargs)
     model = build_model(config.task, train, **task.model_arguments(config, meta))
     task.check_model(model, config)
     return model
@@ -108,7 +112,8 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
 
     optimizer, scheduler = adamw_one_cycle(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            total_steps=cfg.epochs * len(make_batches(0)),
-                                           pct_start=cfg.warmup_fraction)
+                                           pct_start=cfg.warmup_fraction,
+                                           backbone_lr_factor=cfg.backbone_lr_factor)
     result = fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=validate,
                  optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, seed=seed,
                  checkpoint_path=checkpoint_path(model_dir), fingerprint=run_fingerprint(config, meta, seed),

@@ -37,6 +37,9 @@ class TrainConfig:
     warmup_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # one-cycle: share of steps rising to lr
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None  # max gradient norm; null = no clipping
     pretrained: str | None = None  # local path or URL of a state_dict to start from
+    # < 1: the parameters of the model's torchvision ``backbone`` (model.backbone) train at lr · factor, the rest at
+    # lr (two AdamW param groups); 1.0: one group, as without it
+    backbone_lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
 

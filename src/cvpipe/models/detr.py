@@ -47,6 +47,12 @@ Other choices that make DETR learn in minutes on a CPU while staying DETR:
   learns no faster), a linear warm-up over ~100 steps (customary for post-norm transformers), gradient
   clipping at max-norm 0.1 as in the paper, and the class weight doubled (loss and matching cost 2 instead
   of 1, as Deformable DETR does), since classification, not localisation, is what lags on this data.
+
+Pretrained start: with ``backbone`` (a torchvision name, :mod:`cvpipe.models.backbones`) the CNN trunk is that
+network's tap at stride 2^backbone_stages (backbone_stages 2..5, i.e. stride 4..32), which feeds the same 1×1
+``input_proj`` to d_model; the input is normalised with ImageNet's mean/std and ``backbone_weights`` (path or URL
+of a torchvision state dict) loads it. ``train.backbone_lr_factor`` (0.1 is DETR's 1e-5 / 1e-4) then scales the
+learning rate of ``self.backbone`` (None for the built-in trunk).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from torch import nn
 from torchvision.ops import MLP, box_convert
 
 from cvpipe.models.classifier import SmallResNet
+from cvpipe.models.backbones import build_backbone, input_normalize
 from cvpipe.models.preprocess import Normalize
 
 
@@ -172,7 +179,8 @@ class DETRDetector(nn.Module):
     def __init__(self, *, num_classes: int, mean: list[float], std: list[float], width: int = 16,
                  backbone_stages: int = 4, d_model: int = 128, num_heads: int = 4, num_encoder_layers: int = 2,
                  num_decoder_layers: int = 3, dim_feedforward: int = 256, dropout: float = 0.0,
-                 num_queries: int = 16, queries: str = "encoder") -> None:
+                 num_queries: int = 16, queries: str = "encoder", backbone: str | None = None,
+                 backbone_weights: str | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes} must be ≥ 1")
@@ -184,11 +192,17 @@ class DETRDetector(nn.Module):
             raise ValueError(f"queries={queries!r}: expected one of {self.QUERY_MODES}")
         self.num_classes, self.num_queries, self.queries = num_classes, num_queries, queries
         self.stride = 2 ** backbone_stages  # stem stride 2, then each stage after the first halves
-        trunk = SmallResNet(num_classes=1, mean=mean, std=std, width=width, num_stages=backbone_stages,
-                            stem_stride=2)
-        self.normalize: Normalize = trunk.normalize
-        self.stem, self.stages = trunk.stem, trunk.stages  # the classifier's names (its head is dropped)
-        self.input_proj = nn.Conv2d(width * 2 ** (backbone_stages - 1), d_model, kernel_size=1)
+        self.backbone = build_backbone(backbone, backbone_weights, (self.stride,))
+        if self.backbone is not None:
+            self.normalize: Normalize = input_normalize(backbone, mean, std)
+            trunk_channels = self.backbone.channels[0]
+        else:
+            trunk = SmallResNet(num_classes=1, mean=mean, std=std, width=width, num_stages=backbone_stages,
+                                stem_stride=2)
+            self.normalize = trunk.normalize
+            self.stem, self.stages = trunk.stem, trunk.stages  # the classifier's names (its head is dropped)
+            trunk_channels = width * 2 ** (backbone_stages - 1)
+        self.input_proj = nn.Conv2d(trunk_channels, d_model, kernel_size=1)
         self.encoder = nn.ModuleList(EncoderLayer(d_model, num_heads, dim_feedforward, dropout)
                                      for _ in range(num_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(d_model, num_heads, dim_feedforward, dropout)
@@ -238,7 +252,11 @@ class DETRDetector(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images float32 [B, 3, H, W] in 0..255 → the dict described in the module docstring."""
         height, width = images.shape[-2:]
-        features = self.input_proj(self.stages(self.stem(self.normalize(images))))  # [B, d, H/s, W/s]
+        if self.backbone is not None:
+            trunk = self.backbone(self.normalize(images))[0]  # [B, C, H/s, W/s]
+        else:
+            trunk = self.stages(self.stem(self.normalize(images)))
+        features = self.input_proj(trunk)  # [B, d, H/s, W/s]
         feat_h, feat_w, d_model = features.shape[-2], features.shape[-1], features.shape[1]
         centres = token_centres(feat_h, feat_w, device=images.device)  # [T, 2] (x, y)
         pos = sine_encoding(centres.flip(-1), d_model // 2).to(features.dtype)  # [T, d]: y block, then x block
@@ -286,8 +304,10 @@ class DETRDetector(nn.Module):
 def build_detr(num_classes: int, mean: list[float], std: list[float], *, width: int = 16, backbone_stages: int = 4,
                d_model: int = 128, num_heads: int = 4, num_encoder_layers: int = 2, num_decoder_layers: int = 3,
                dim_feedforward: int = 256, dropout: float = 0.0, num_queries: int = 16,
-               queries: str = "encoder") -> DETRDetector:
+               queries: str = "encoder", backbone: str | None = None,
+               backbone_weights: str | None = None) -> DETRDetector:
     return DETRDetector(num_classes=num_classes, mean=mean, std=std, width=width, backbone_stages=backbone_stages,
                         d_model=d_model, num_heads=num_heads, num_encoder_layers=num_encoder_layers,
                         num_decoder_layers=num_decoder_layers, dim_feedforward=dim_feedforward, dropout=dropout,
-                        num_queries=num_queries, queries=queries)
+                        num_queries=num_queries, queries=queries, backbone=backbone,
+                        backbone_weights=backbone_weights)

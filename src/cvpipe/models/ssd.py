@@ -17,6 +17,13 @@ input size and become constants there):
 - "image_size": [2] (H, W) of the input, float.
 ``decode`` → boxes [B, A, 4] xyxy absolute pixels clipped to the image, scores [B, A, K] = softmax over
 K+1 with the background column dropped.
+
+With ``backbone`` (a torchvision name, :mod:`cvpipe.models.backbones`) the stem and the first min(num_levels, 3)
+levels are that network's taps at strides 8, 16, 32, each through a 1×1 conv (+BN+ReLU) adapting its channels
+to the level's (2w, 4w, 4w); levels beyond stride 32 stay SSD's extra blocks (stride-2 conv + ``BasicBlock``) on
+top, and the heads are unchanged. The input is normalised with ImageNet's mean/std and ``backbone_weights`` (path
+or URL of a torchvision state dict) starts it pretrained. ``self.backbone`` (None for the built-in network) is
+what ``train.backbone_lr_factor`` scales.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import Conv2dNormActivation
 
 from cvpipe.matching.default_boxes import DefaultBoxes, decode_offsets
-from cvpipe.models.preprocess import Normalize
+from cvpipe.models.backbones import build_backbone, input_normalize
 
 
 class SSDDetector(nn.Module):
@@ -37,7 +44,7 @@ class SSDDetector(nn.Module):
 
     def __init__(self, *, num_classes: int, mean: list[float], std: list[float], width: int = 32,
                  num_levels: int = 4, aspect_ratios: tuple[float, ...] = (2.0,), min_scale: float = 0.15,
-                 max_scale: float = 0.5) -> None:
+                 max_scale: float = 0.5, backbone: str | None = None, backbone_weights: str | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
@@ -46,12 +53,19 @@ class SSDDetector(nn.Module):
         self.num_classes = num_classes
         self.default_boxes = DefaultBoxes(aspect_ratios=[list(aspect_ratios)] * num_levels,
                                           min_scale=min_scale, max_scale=max_scale)
-        self.normalize = Normalize(mean, std)
-        self.stem = nn.Sequential(Conv2dNormActivation(3, width // 2, kernel_size=3, stride=2),
-                                  Conv2dNormActivation(width // 2, width, kernel_size=3, stride=2))  # S/4
+        self.normalize = input_normalize(backbone, mean, std)
         channels = [width * min(2 ** (k + 1), 4) for k in range(num_levels)]  # 2w, 4w, 4w, 4w
-        levels, in_ch = [], width
-        for ch in channels:
+        self.backbone = build_backbone(backbone, backbone_weights, (8, 16, 32)[:num_levels])
+        if self.backbone is not None:  # taps at S/8, S/16, S/32 → 1×1 adapters; the extra levels go on top
+            self.adapters = nn.ModuleList(Conv2dNormActivation(c_in, ch, kernel_size=1)
+                                          for c_in, ch in zip(self.backbone.channels, channels))
+            tapped, in_ch = len(self.adapters), channels[len(self.adapters) - 1]
+        else:
+            self.stem = nn.Sequential(Conv2dNormActivation(3, width // 2, kernel_size=3, stride=2),
+                                      Conv2dNormActivation(width // 2, width, kernel_size=3, stride=2))  # S/4
+            tapped, in_ch = 0, width
+        levels = []
+        for ch in channels[tapped:]:
             levels.append(nn.Sequential(Conv2dNormActivation(in_ch, ch, kernel_size=3, stride=2), BasicBlock(ch, ch)))
             in_ch = ch
         self.levels = nn.ModuleList(levels)
@@ -59,8 +73,9 @@ class SSDDetector(nn.Module):
         self.cls_heads = nn.ModuleList(nn.Conv2d(ch, n * (num_classes + 1), 3, padding=1)
                                        for ch, n in zip(channels, per_loc))
         self.box_heads = nn.ModuleList(nn.Conv2d(ch, n * 4, 3, padding=1) for ch, n in zip(channels, per_loc))
+        pretrained = set(self.backbone.modules()) if self.backbone is not None else set()
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and m not in pretrained:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         for head in [*self.cls_heads, *self.box_heads]:
             nn.init.normal_(head.weight, std=0.01)
@@ -76,11 +91,17 @@ class SSDDetector(nn.Module):
         """images float32 [B, 3, S, S] in 0..255 → raw head outputs (keys in the module docstring)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
-        x = self.stem(self.normalize(images))
+        if self.backbone is not None:
+            features = [adapt(f) for adapt, f in zip(self.adapters, self.backbone(self.normalize(images)))]
+            x = features[-1]
+        else:
+            features, x = [], self.stem(self.normalize(images))
+        for level in self.levels:
+            x = level(x)
+            features.append(x)
         cls, reg, grids = [], [], []
-        for level, cls_head, box_head, n in zip(self.levels, self.cls_heads, self.box_heads,
-                                                self.default_boxes.boxes_per_location):
-            x = level(x)  # [B, C_k, H_k, W_k]
+        for x, cls_head, box_head, n in zip(features, self.cls_heads, self.box_heads,
+                                            self.default_boxes.boxes_per_location):  # x: [B, C_k, H_k, W_k]
             grids.append((int(x.shape[-2]), int(x.shape[-1])))
             cls.append(self._flatten(cls_head(x), n))  # [B, H_k·W_k·n, K+1]
             reg.append(self._flatten(box_head(x), n))  # [B, H_k·W_k·n, 4]
@@ -104,7 +125,10 @@ class SSDDetector(nn.Module):
 
 def build_ssd(num_classes: int, mean: list[float], std: list[float], *, width: int = 32, num_levels: int = 4,
               aspect_ratios: tuple[float, ...] = (2.0,), min_scale: float = 0.15,
-              max_scale: float = 0.5) -> SSDDetector:
-    """The SSD detector with random init (no pretrained weights). Arguments as in :class:`SSDDetector`."""
+              max_scale: float = 0.5, backbone: str | None = None,
+              backbone_weights: str | None = None) -> SSDDetector:
+    """The SSD detector with random init (or ``backbone_weights`` in a torchvision ``backbone``). Arguments as in
+    :class:`SSDDetector`."""
     return SSDDetector(num_classes=num_classes, mean=mean, std=std, width=width, num_levels=num_levels,
-                       aspect_ratios=aspect_ratios, min_scale=min_scale, max_scale=max_scale)
+                       aspect_ratios=aspect_ratios, min_scale=min_scale, max_scale=max_scale, backbone=backbone,
+                       backbone_weights=backbone_weights)

@@ -27,6 +27,14 @@ Output logits float32 [B, C, H, W]:
     multi-class (``binary=False``): C = num_classes + 1, channel 0 = background, channel k = class k
         (the values of ``semantic.npy``); probabilities = softmax over C, labels = argmax.
     binary (``binary=True``): C = 1, foreground (any class) vs background; probability = sigmoid.
+
+Pretrained encoder: with ``backbone`` (a torchvision name, :mod:`cvpipe.models.backbones`; ``depth`` ≤ 5) the
+encoder levels 1..depth−1 and the bottleneck are that network's taps at strides 2, 4, …, 2^depth, each through a
+1×1 conv (+BN+ReLU) adapting its channels to w·2^i, so the decoder is unchanged; level 0 (full resolution) stays
+``inc``. Its stride-2 convolutions round up (⌈s/2⌉), so an upsampled map may be one row/column larger than its
+skip: the zero-padding of ``Up`` is then a crop of that last row/column. The input is normalised with ImageNet's
+mean/std and ``backbone_weights`` (path or URL of a torchvision state dict) loads the encoder.
+``self.backbone`` (None for the built-in encoder) is what ``train.backbone_lr_factor`` scales.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from cvpipe.models.preprocess import Normalize
+from cvpipe.models.backbones import build_backbone, input_normalize
 
 BACKGROUND_PRIOR = 0.9  # initial P(background) per pixel, ≈ its share in the scenes (RetinaNet's prior trick)
 
@@ -61,7 +69,7 @@ class Up(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # [B, in_ch/2, 2⌊h/2⌋, 2⌊w/2⌋]
-        pad_h, pad_w = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]  # 0 or 1 each, see module doc
+        pad_h, pad_w = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]  # -1, 0 or 1, see module doc
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.conv(torch.cat([skip, x], dim=1))  # [B, out_ch, h_skip, w_skip]
@@ -72,7 +80,8 @@ class UNet(nn.Module):
     ``out_channels`` (K + 1, or 1 when binary) and ``min_size`` (2^depth, the smallest H or W)."""
 
     def __init__(self, *, num_classes: int, mean: list[float], std: list[float], base_channels: int = 16,
-                 depth: int = 3, binary: bool = False) -> None:
+                 depth: int = 3, binary: bool = False, backbone: str | None = None,
+                 backbone_weights: str | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
@@ -80,18 +89,26 @@ class UNet(nn.Module):
             raise ValueError(f"depth must be ≥ 1, got {depth}")
         if base_channels < 1:
             raise ValueError(f"base_channels must be ≥ 1, got {base_channels}")
+        if backbone is not None and depth > 5:
+            raise ValueError(f"depth must be ≤ 5 with a torchvision backbone (stride 32), got {depth}")
         self.num_classes, self.binary = num_classes, binary
         self.out_channels = 1 if binary else num_classes + 1
         self.min_size = 2**depth
         widths = [base_channels * 2**i for i in range(depth + 1)]  # level 0 .. bottleneck
-        self.normalize = Normalize(mean, std)
+        self.normalize = input_normalize(backbone, mean, std)
         self.inc = DoubleConv(3, widths[0])
-        self.pool = nn.MaxPool2d(2)  # floor mode: a size-s level pools to ⌊s/2⌋
-        self.down = nn.ModuleList(DoubleConv(widths[i], widths[i + 1]) for i in range(depth))
+        self.backbone = build_backbone(backbone, backbone_weights, [2**i for i in range(1, depth + 1)])
+        if self.backbone is not None:  # taps at strides 2..2^depth → 1×1 adapters to widths 1..depth
+            self.adapters = nn.ModuleList(Conv2dNormActivation(c, w, kernel_size=1)
+                                          for c, w in zip(self.backbone.channels, widths[1:]))
+        else:
+            self.pool = nn.MaxPool2d(2)  # floor mode: a size-s level pools to ⌊s/2⌋
+            self.down = nn.ModuleList(DoubleConv(widths[i], widths[i + 1]) for i in range(depth))
         self.up = nn.ModuleList(Up(widths[i + 1], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], self.out_channels, kernel_size=1)
+        pretrained = set(self.backbone.modules()) if self.backbone is not None else set()
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m not in pretrained:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self._init_head()
 
@@ -112,17 +129,25 @@ class UNet(nn.Module):
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if images.shape[-2] < self.min_size or images.shape[-1] < self.min_size:
             raise ValueError(f"images of {tuple(images.shape[-2:])} px are smaller than 2^depth = {self.min_size}")
-        x = self.inc(self.normalize(images))  # [B, w, H, W]
-        skips = []
-        for down in self.down:
-            skips.append(x)
-            x = down(self.pool(x))  # [B, w·2^(i+1), ⌊h/2⌋, ⌊w/2⌋]
+        normalized = self.normalize(images)
+        x = self.inc(normalized)  # [B, w, H, W]
+        if self.backbone is not None:
+            # [B, w·2^i, ⌈H/2^i⌉, ⌈W/2^i⌉] for i = 1..depth
+            encoded = [adapt(f) for adapt, f in zip(self.adapters, self.backbone(normalized))]
+            skips, x = [x, *encoded[:-1]], encoded[-1]
+        else:
+            skips = []
+            for down in self.down:
+                skips.append(x)
+                x = down(self.pool(x))  # [B, w·2^(i+1), ⌊h/2⌋, ⌊w/2⌋]
         for up, skip in zip(self.up, reversed(skips)):
             x = up(x, skip)
         return self.head(x)  # [B, C, H, W]
 
 
 def build_unet(num_classes: int, mean: list[float], std: list[float], *, base_channels: int = 16, depth: int = 3,
-               binary: bool = False) -> UNet:
-    """The U-Net with random init (Kaiming for convolutions, BN at identity, head at the background prior)."""
-    return UNet(num_classes=num_classes, mean=mean, std=std, base_channels=base_channels, depth=depth, binary=binary)
+               binary: bool = False, backbone: str | None = None, backbone_weights: str | None = None) -> UNet:
+    """The U-Net with random init (Kaiming for convolutions, BN at identity, head at the background prior), or with
+    a torchvision ``backbone`` encoder started from ``backbone_weights``."""
+    return UNet(num_classes=num_classes, mean=mean, std=std, base_channels=base_channels, depth=depth, binary=binary,
+                backbone=backbone, backbone_weights=backbone_weights)

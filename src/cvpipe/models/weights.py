@@ -41,3 +41,22 @@ def load_pretrained(model: nn.Module, source: str) -> list[str]:
     skipped = sorted(set(own) - set(usable))
     log.info("loaded %d tensors from %s; kept init for %d: %s", len(usable), source, len(skipped), skipped[:8])
     return skipped
+
+
+def load_exact(module: nn.Module, source: str, *, ignore: tuple[str, ...] = (), what: str = "weights") -> None:
+    """Load ``source`` into ``module`` strictly: every key of ``module`` present with its shape, no other key,
+    except keys starting with a prefix in ``ignore`` (on either side, e.g. a classification head). A mismatch
+    is a ConfigError naming the file and the first missing, unexpected and mis-shaped keys."""
+    state = {k: v for k, v in read_state_dict(source).items() if not k.startswith(ignore)}
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k} {tuple(state[k].shape)} ≠ {tuple(v.shape)}" for k, v in own.items()
+                 if k in state and state[k].shape != v.shape]
+    if missing or unexpected or misshaped:
+        problems = [f"{label} ({len(keys)}): {keys[:4]}" for label, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", misshaped))
+                    if keys]
+        raise ConfigError(f"{what} {source}: the file does not match the expected layout; " + "; ".join(problems))
+    module.load_state_dict(state, strict=False)
+    log.info("loaded %s from %s (%d tensors)", what, source, len(state))

@@ -41,9 +41,11 @@ class YolactSegmenter(YoloDetector):
 
     def __init__(self, *, num_classes: int, mean: list[float], std: list[float], width: int = 16, depth: int = 1,
                  strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None, head_convs: int = 1,
-                 num_prototypes: int = 16, proto_channels: int | None = None) -> None:
+                 num_prototypes: int = 16, proto_channels: int | None = None, backbone: str | None = None,
+                 backbone_weights: str | None = None) -> None:
         super().__init__(num_classes=num_classes, mean=mean, std=std, width=width, depth=depth, strides=strides,
-                         neck_channels=neck_channels, head_convs=head_convs)
+                         neck_channels=neck_channels, head_convs=head_convs, backbone=backbone,
+                         backbone_weights=backbone_weights)
         if num_prototypes < 1:
             raise ValueError(f"num_prototypes must be ≥ 1, got {num_prototypes}")
         neck = self.cls_pred.in_channels
@@ -84,8 +86,11 @@ class DecodedInstanceSegmenter(nn.Module):
 
 def build_yolact(num_classes: int, mean: list[float], std: list[float], *, width: int = 16, depth: int = 1,
                  strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None, head_convs: int = 1,
-                 num_prototypes: int = 16, proto_channels: int | None = None) -> YolactSegmenter:
-    """The YOLACT-style instance segmenter with random init."""
+                 num_prototypes: int = 16, proto_channels: int | None = None, backbone: str | None = None,
+                 backbone_weights: str | None = None) -> YolactSegmenter:
+    """The YOLACT-style instance segmenter with random init (or ``backbone_weights`` in a torchvision ``backbone``,
+    which feeds the YOLO FPN as in :mod:`cvpipe.models.yolo`; the protonet reads the finest FPN map as usual)."""
     return YolactSegmenter(num_classes=num_classes, mean=mean, std=std, width=width, depth=depth,
                            strides=tuple(strides), neck_channels=neck_channels, head_convs=head_convs,
-                           num_prototypes=num_prototypes, proto_channels=proto_channels)
+                           num_prototypes=num_prototypes, proto_channels=proto_channels, backbone=backbone,
+                           backbone_weights=backbone_weights)

@@ -11,6 +11,11 @@ levels, decoupled as in YOLOX: a classification tower → K class logits, and a 
 parameters + 1 objectness logit. Default levels: strides 8 and 16 (16×16 and 8×8 cells at 128 px); an object
 of 16-46 px spans 1-6 cells of one of them. Any input size S divisible by the largest stride works.
 
+With ``backbone`` (a torchvision name, :mod:`cvpipe.models.backbones`) its taps at ``strides`` (each ≤ 32) replace
+the stem and stages and feed the FPN's 1×1 laterals (which adapt their channels to ``neck_channels``); the input
+is normalised with ImageNet's mean/std and ``backbone_weights`` (path or URL of a torchvision state dict) starts
+it pretrained. ``self.backbone`` (None for the built-in network) is what ``train.backbone_lr_factor`` scales.
+
 Outputs of ``forward`` (images float32 [B, 3, S, S], pixels 0..255), A = Σ_levels (S/s)²:
     "obj_logits" [B, A], "cls_logits" [B, A, K], "box_deltas" [B, A, 4] (raw l, t, r, b parameters),
     "points" [A, 2] location centres (x, y) px, "strides" [A] stride of each location's level (float).
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from cvpipe.models.preprocess import Normalize
+from cvpipe.models.backbones import build_backbone, input_normalize
 
 MAX_LOG_DISTANCE = 8.0  # clamp on δ before exp: e^8 · stride ≫ any image, and exp never overflows
 PRIOR_PROB = 0.01  # initial σ(obj) and σ(cls) (RetinaNet's prior), so background does not swamp the first steps
@@ -74,7 +79,8 @@ class YoloDetector(nn.Module):
     uses_nms = True
 
     def __init__(self, *, num_classes: int, mean: list[float], std: list[float], width: int = 16, depth: int = 1,
-                 strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None, head_convs: int = 1) -> None:
+                 strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None, head_convs: int = 1,
+                 backbone: str | None = None, backbone_weights: str | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
@@ -84,16 +90,20 @@ class YoloDetector(nn.Module):
         self.num_classes = num_classes
         self.strides = tuple(int(s) for s in strides)
         neck_channels = neck_channels or 4 * width
-        self.normalize = Normalize(mean, std)
-        self.stem = _conv(3, width, 3, stride=2)
-        # stride 2^(i+1) has width · 2^i channels; keep the stages down to the largest stride
-        num_down = int(math.log2(self.strides[-1])) - 1
-        channels = [width * 2**i for i in range(num_down + 1)]  # channels[i] at stride 2^(i+1)
-        self.stages = nn.ModuleList(
-            nn.Sequential(_conv(channels[i], channels[i + 1], 3, stride=2),
-                          CSPBlock(channels[i + 1], channels[i + 1], depth))
-            for i in range(num_down))
-        level_channels = [channels[int(math.log2(s)) - 1] for s in self.strides]
+        self.normalize = input_normalize(backbone, mean, std)
+        self.backbone = build_backbone(backbone, backbone_weights, self.strides)
+        if self.backbone is not None:
+            level_channels = list(self.backbone.channels)
+        else:
+            self.stem = _conv(3, width, 3, stride=2)
+            # stride 2^(i+1) has width · 2^i channels; keep the stages down to the largest stride
+            num_down = int(math.log2(self.strides[-1])) - 1
+            channels = [width * 2**i for i in range(num_down + 1)]  # channels[i] at stride 2^(i+1)
+            self.stages = nn.ModuleList(
+                nn.Sequential(_conv(channels[i], channels[i + 1], 3, stride=2),
+                              CSPBlock(channels[i + 1], channels[i + 1], depth))
+                for i in range(num_down))
+            level_channels = [channels[int(math.log2(s)) - 1] for s in self.strides]
         self.laterals = nn.ModuleList(_conv(c, neck_channels, 1) for c in level_channels)
         self.smooth = nn.ModuleList(_conv(neck_channels, neck_channels, 3) for _ in self.strides)
         self.cls_tower = nn.Sequential(*[_conv(neck_channels, neck_channels, 3) for _ in range(head_convs)])
@@ -109,14 +119,18 @@ class YoloDetector(nn.Module):
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Backbone + FPN: one [B, neck, S/s, S/s] map per stride in ``self.strides``."""
-        x = self.stem(self.normalize(x))  # [B, width, S/2, S/2]
-        by_stride: dict[int, torch.Tensor] = {}
-        stride = 2
-        for stage in self.stages:
-            x = stage(x)
-            stride *= 2
-            by_stride[stride] = x
-        laterals = [lat(by_stride[s]) for lat, s in zip(self.laterals, self.strides)]
+        if self.backbone is not None:
+            levels = self.backbone(self.normalize(x))  # [B, C_s, S/s, S/s] per stride
+        else:
+            x = self.stem(self.normalize(x))  # [B, width, S/2, S/2]
+            by_stride: dict[int, torch.Tensor] = {}
+            stride = 2
+            for stage in self.stages:
+                x = stage(x)
+                stride *= 2
+                by_stride[stride] = x
+            levels = [by_stride[s] for s in self.strides]
+        laterals = [lat(level) for lat, level in zip(self.laterals, levels)]
         outs = [self.smooth[-1](laterals[-1])]
         for i in range(len(self.strides) - 2, -1, -1):  # top-down: coarse to fine
             up = F.interpolate(outs[0], scale_factor=2.0, mode="nearest")
@@ -165,8 +179,10 @@ def deltas_to_boxes(deltas: torch.Tensor, points: torch.Tensor, strides: torch.T
 
 
 def build_yolo(num_classes: int, mean: list[float], std: list[float], *, width: int = 16, depth: int = 1,
-               strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None,
-               head_convs: int = 1) -> YoloDetector:
-    """The YOLO-style detector with random init; ``neck_channels`` defaults to 4 · width."""
+               strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None, head_convs: int = 1,
+               backbone: str | None = None, backbone_weights: str | None = None) -> YoloDetector:
+    """The YOLO-style detector with random init (or ``backbone_weights`` in a torchvision ``backbone``);
+    ``neck_channels`` defaults to 4 · width."""
     return YoloDetector(num_classes=num_classes, mean=mean, std=std, width=width, depth=depth,
-                        strides=tuple(strides), neck_channels=neck_channels, head_convs=head_convs)
+                        strides=tuple(strides), neck_channels=neck_channels, head_convs=head_convs,
+                        backbone=backbone, backbone_weights=backbone_weights)

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cvpipe.device import Runtime, seed_everything
+from cvpipe.errors import ConfigError
 from cvpipe.training.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -104,18 +105,37 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
     return FitResult(history=history, resumed_from_epoch=start_epoch)
 
 
-def adamw_one_cycle(model: nn.Module, *, lr: float, weight_decay: float, total_steps: int,
-                    pct_start: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def adamw_one_cycle(model: nn.Module, *, lr: float, weight_decay: float, total_steps: int, pct_start: float,
+                    backbone_lr_factor: float = 1.0
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with a one-cycle schedule peaking at ``lr`` after ``pct_start`` of ``total_steps`` (≥ 1).
+
+    ``backbone_lr_factor`` < 1: two param groups, the rest of the model first (peak ``lr``; the ``lr`` that
+    :func:`fit` records is this group's), then the parameters of ``model.backbone`` (peak ``lr · factor``); the
+    schedule's shape is the same for both. 1.0: one group of ``model.parameters()``, exactly as without it. A
+    model without a ``backbone`` submodule (the built-in networks) and a factor < 1 is a ConfigError.
 
     OneCycleLR divides by the length of its warm-up phase, ``pct_start · total_steps − 1`` steps; when that is
     exactly 0 (10 steps at 0.1: a small dataset, few epochs) it would raise ZeroDivisionError, so the warm-up is
     halved there, which makes the schedule pure annealing, as it already is whenever that length is below 0.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    max_lr: float | list[float] = lr
+    if backbone_lr_factor == 1.0:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise ConfigError(f"params.yaml: train.backbone_lr_factor {backbone_lr_factor} needs a model with a "
+                              "torchvision backbone (model.backbone); this one has none")
+        in_backbone = {id(p) for p in backbone.parameters()}
+        rest = [p for p in model.parameters() if id(p) not in in_backbone]
+        max_lr = [lr, lr * backbone_lr_factor]
+        optimizer = torch.optim.AdamW([{"params": rest, "lr": max_lr[0]},
+                                       {"params": list(backbone.parameters()), "lr": max_lr[1]}],
+                                      lr=lr, weight_decay=weight_decay)
     total_steps = max(total_steps, 1)
     if math.isclose(pct_start * total_steps, 1.0):
         pct_start /= 2
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps,
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
                                                     pct_start=pct_start)
     return optimizer, scheduler
