@@ -40,10 +40,13 @@ def main() -> None:
 
     dataset = import_dataset(data.source, data.path, data.importer_options())
     report = validate_dataset(dataset, tolerance_px=config.box_tolerance_px, out_of_bounds=config.out_of_bounds,
-                              exif_labels=config.exif_labels)
-    kept, quarantined = report.checked, []
+                              exif_labels=config.exif_labels, outside_paths=config.outside_paths)
+    kept, quarantined, refusal = report.checked, [], None
     if not report.success and config.on_error == "quarantine":
-        kept, quarantined = quarantine(report.checked, report)
+        try:
+            kept, quarantined = quarantine(report.checked, report)
+        except DataValidationError as exc:  # class table faults: reported in full, then the stage stops
+            refusal = exc
     files = report.files.loc[report.checked.images["file_name"].isin(kept.images["file_name"]).to_numpy()]
     result = summary(report, dataset_stats(kept, files), quarantined, kept, config.max_examples,
                      {"source": data.source, "path": data.path})
@@ -52,6 +55,8 @@ def main() -> None:
     write_markdown(result, args.report_md, config.max_examples)
     write_quarantine_csv(quarantined, args.quarantine)
     log_to_mlflow(result, [args.report, args.report_md, args.quarantine], experiment=mlflow_config.experiment)
+    if refusal is not None:
+        raise DataValidationError(f"{refusal}\nfull report: {args.report} and {args.report_md}")
     if quarantined:
         log.warning("quarantined %d images and %d annotations (%s); kept %d images", result["quarantine"]["images"],
                     result["quarantine"]["annotations"], args.quarantine, len(kept.images))
@@ -61,8 +66,10 @@ def main() -> None:
     empty = [name for name, table in (("images", kept.images), ("annotations", kept.annotations),
                                       ("classes", kept.categories)) if table.empty]
     if empty:  # nothing to train on: a clear stop, never an empty dataset handed to prepare
-        raise DataValidationError(f"rule 'dataset not empty': no {' and no '.join(empty)} left after validation "
-                                  f"({len(quarantined)} rows quarantined, see {args.quarantine} and {args.report_md})")
+        where = (f"left after validation ({len(quarantined)} rows quarantined, see {args.quarantine})" if quarantined
+                 else f"in the source ({len(kept.images)} images, {len(kept.annotations)} objects)")
+        raise DataValidationError(f"{data.path}: rule 'dataset not empty': no {' and no '.join(empty)} {where}; "
+                                  "nothing to train on")
     kept.info = {**kept.info, "validation": {"images": len(kept.images), "annotations": len(kept.annotations),
                                              "quarantined": len(quarantined)}}
     kept.save(args.out)

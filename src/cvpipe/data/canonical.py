@@ -10,7 +10,9 @@ Tables (DESIGN.md, "validate"):
 
 Optional columns an importer may add (kept through the COCO JSON where marked *):
 - ``images``: ``label_file`` (the source label file of the row, None when the image has none),
-  ``mask_file`` and ``mask_values`` (semantic mask folders: mask path and its class values).
+  ``mask_file`` and ``mask_values`` (semantic mask folders: mask path and its class values), ``name_error``
+  (the file name is not UTF-8), ``label_error`` and ``field_error`` (a label file or record that cannot be
+  used; validation reports each).
 - ``annotations``: ``difficult`` * (Pascal VOC flag, 0/1), ``source_label`` (the class as written in the source).
 - ``categories``: ``source_id`` * (the class id or index the source used before mapping to 1..K).
 
@@ -111,7 +113,8 @@ def from_coco(coco: dict[str, Any], image_root: str | Path) -> CanonicalDataset:
     cats = [{"category_id": c.get("id"), "name": c.get("name"), **{k: c[k] for k in CATEGORY_EXTRAS if k in c}}
             for c in coco.get("categories", [])]
     categories = pd.DataFrame(cats, columns=CATEGORY_COLUMNS + [k for k in CATEGORY_EXTRAS if any(k in c for c in cats)])
-    info = {k: v for k, v in (coco.get("info") or {}).items() if k != "image_root"}
+    info = coco.get("info") if isinstance(coco.get("info"), dict) else {}  # COCO's info is free-form
+    info = {k: v for k, v in info.items() if k != "image_root"}
     return CanonicalDataset(images, annotations, categories, Path(image_root), info)
 
 

@@ -68,6 +68,28 @@ def read_text(path: str | Path) -> str:
                              "save it as UTF-8") from None
 
 
+def printable_name(name: str) -> tuple[str, str | None]:
+    """``(name, None)``, or for a name the OS gave with bytes that are not UTF-8 (a zip from another
+    system): the name with those bytes written ``\\xe9`` and why it cannot be used, so tables and reports
+    can hold it and rule "file name is UTF-8" names it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        return shown, f"file name is not UTF-8 ({shown}); rename the file"
+    return name, None
+
+
+def _target(file_name: str, image_root: Path) -> str:
+    """The absolute, normalised path ``file_name`` names (relative names are taken from ``image_root``)."""
+    return os.path.normpath(os.path.join(os.path.abspath(image_root), str(file_name).replace("\\", "/")))
+
+
+def _inside(path: str, folder: str | Path) -> bool:
+    root = os.path.normpath(os.path.abspath(folder))
+    return os.path.commonpath([path, root]) == root
+
+
 def escapes_root(file_name: str, image_root: Path, data_root: Path) -> str | None:
     """Why ``file_name`` (relative to ``image_root``) leaves ``data_root``, or None when it stays inside.
 
@@ -76,8 +98,14 @@ def escapes_root(file_name: str, image_root: Path, data_root: Path) -> str | Non
     name = str(file_name).replace("\\", "/")
     if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or (len(name) > 1 and name[1] == ":"):
         return "absolute path"
-    target = os.path.normpath(os.path.join(os.path.abspath(image_root), name))
-    root = os.path.normpath(os.path.abspath(data_root))
-    if os.path.commonpath([target, root]) != root:
+    if not _inside(_target(name, image_root), data_root):
         return "'..' leaves data.path"
     return None
+
+
+def inside_any(file_name: str, image_root: Path, folders: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``file_name`` (relative to ``image_root``, or absolute) lies inside one of ``folders``
+    (relative folders are taken from the working directory, the repository root under DVC). Lexical, as
+    :func:`escapes_root`: ``folders/../elsewhere`` is outside."""
+    target = _target(file_name, image_root)
+    return any(_inside(target, folder) for folder in folders)

@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.importers.common import UNKNOWN_CLASS
 from cvpipe.data.validation_normalise import clip_boxes, normalise_orientation
 from cvpipe.data.validation_columns import (blank_labels, category_table, inspect_images, outside_reasons,
-                                            segmentation_errors, usable)
+                                            refused_outside, segmentation_errors, usable)
 from cvpipe.data.validation_rules import Rule, build_rules
 from cvpipe.errors import DataValidationError
 
@@ -66,11 +66,11 @@ class ValidationReport:
     def success(self) -> bool:
         return not self.failures
 
-    def message(self, max_examples: int) -> str:
-        lines = [f"dataset validation failed: {len(self.failures)} rule(s) broken"]
-        for rule in self.rules:
-            if rule["success"]:
-                continue
+    def message(self, max_examples: int, tables: tuple[str, ...] | None = None) -> str:
+        """One line per broken rule (of ``tables`` only, when given): rule, table, count, first offenders."""
+        broken = [r for r in self.rules if not r["success"] and (tables is None or r["table"] in tables)]
+        lines = [f"dataset validation failed: {len(broken)} rule(s) broken"]
+        for rule in broken:
             rows = self.failures[rule["rule"]]
             examples = "; ".join(_describe(r) for r in rows[:max_examples])
             lines.append(f"  - rule '{rule['rule']}' on {rule['table']}: {rule['unexpected_count']} of "
@@ -97,8 +97,10 @@ def image_table(dataset: CanonicalDataset, files: pd.DataFrame, outside: list[st
     the per-row reason a name leaves data.path (None where it stays inside or that is allowed)."""
     images = pd.concat([dataset.images, files], axis=1)
     images["outside_data_path"] = outside
-    if "field_error" in images:  # a mistyped width or height: "image fields well-typed" alone reports it
+    images["id_present"] = images["image_id"].notna().astype(object)
+    if "field_error" in images:  # a mistyped id, width or height: "image fields well-typed" alone reports it
         images.loc[images["field_error"].notna(), ["width", "height"]] = np.nan
+        images.loc[images["field_error"].notna(), "id_present"] = None
     # A missing or undecodable file compares equal, so only "exists"/"decodes" report it.
     decoded = usable(files)
     images["decoded_width"] = images["upright_width"].where(decoded, images["width"]).astype(float)
@@ -145,11 +147,17 @@ def annotation_geometry(dataset: CanonicalDataset, tolerance_px: float, *, segme
             own |= ann[column].notna()
     ann.loc[own, ["x", "y", "w", "h"]] = [0.0, 0.0, 1.0, 1.0]
     known = dataset.categories["category_id"].dropna()
-    if len(known):
-        ann.loc[own, "category_id"] = known.iloc[0]
+    known = known[known != UNKNOWN_CLASS]
+    blank = ann["blank_label"] if "blank_label" in ann else pd.Series(False, index=ann.index)
+    if len(known):  # a blank label is "class label not empty" alone, not also an unknown class
+        ann.loc[own | blank, "category_id"] = known.iloc[0]
     if "blank_label" in ann:
         ann.loc[own, "blank_label"] = False
-    sizes = dataset.images[["image_id", "file_name", "width", "height"]].drop_duplicates("image_id")
+    # Each annotation quotes its image's file and label file; an annotation whose image_id is missing
+    # (NaN) matches no image, not every image that also lacks an id.
+    columns = ["image_id", "file_name", "width", "height"] + (
+        ["label_file"] if "label_file" in dataset.images and "label_file" not in ann else [])
+    sizes = dataset.images[columns].dropna(subset=["image_id"]).drop_duplicates("image_id")
     ann = ann.merge(sizes.rename(columns={"width": "img_width", "height": "img_height"}), on="image_id", how="left")
     ann["file_name"] = ann["file_name"].fillna("<no image>")
     ann[["img_width", "img_height"]] = ann[["img_width", "img_height"]].astype(float)
@@ -215,17 +223,20 @@ def quarantine(dataset: CanonicalDataset, report: ValidationReport) -> tuple[Can
             entry["values"].append(", ".join(f"{k}={_plain(v)}" for k, v in row.items()
                                              if k not in QUOTE_COLUMNS and k != ROW))
     if any(table == "categories" for table, _ in bad):
-        raise DataValidationError(report.message(5) + "\n(class table faults cannot be quarantined: fix the labels)")
+        raise DataValidationError(report.message(5, tables=("categories",))
+                                  + "\n(class table faults cannot be quarantined: fix the class names or ids)")
     images = dataset.images.reset_index(drop=True)
     annotations = dataset.annotations.reset_index(drop=True)
     bad_images = {row for table, row in bad if table == "images"}
     file_of = dict(zip(images["image_id"], images["file_name"]))
-    bad_image_ids = set(images.loc[sorted(bad_images), "image_id"].tolist())
+    label_of = dict(zip(images["image_id"], images["label_file"])) if "label_file" in images else {}
+    bad_image_ids = set(images.loc[sorted(bad_images), "image_id"].dropna().tolist())  # NaN would match NaN
     for idx in np.flatnonzero(annotations["image_id"].isin(bad_image_ids).to_numpy()):
         image_id = annotations.at[idx, "image_id"]
         bad.setdefault(("annotations", int(idx)), {"table": "annotations", ROW: int(idx),
                                                    "ann_id": _plain(annotations.at[idx, "ann_id"]),
-                                                   "file_name": file_of.get(image_id), "rules": ["image quarantined"],
+                                                   "file_name": file_of.get(image_id),
+                                                   "label_file": label_of.get(image_id), "rules": ["image quarantined"],
                                                    "values": [f"image_id={_plain(image_id)}"]})
     bad_ann = {row for table, row in bad if table == "annotations"}
     clean = replace(dataset, images=images.drop(index=sorted(bad_images)).reset_index(drop=True),
@@ -234,35 +245,55 @@ def quarantine(dataset: CanonicalDataset, report: ValidationReport) -> tuple[Can
 
 
 def validate_dataset(dataset: CanonicalDataset, *, tolerance_px: float, out_of_bounds: str = "reject",
-                     exif_labels: str = "auto", allow_outside_paths: bool = False) -> ValidationReport:
+                     exif_labels: str = "auto", outside_paths: list[str] | tuple[str, ...] = ()) -> ValidationReport:
     """Inspect the files, check segmentations, normalise orientation (and clip, if asked), run the suite.
 
     A file name outside data.path (absolute, or ``..`` climbing out) breaks "file name inside data.path"
-    and the file is never opened, unless ``allow_outside_paths``: then it is checked like any other and
-    listed under the report's ``outside_data_path`` note. Segmentations that break "segmentation valid" are
-    never decoded. The returned report's ``checked`` dataset has the same rows in the same order as ``dataset``.
+    and the file is never opened, unless it lies inside one of ``outside_paths`` (``validate.outside_paths``):
+    then it is checked like any other and listed under the report's ``outside_data_path`` note. Segmentations
+    that break "segmentation valid" are never decoded. An image whose labels give no size takes the size of
+    its decoded file (as the VOC importer does for an empty ``<size>``). The returned report's ``checked``
+    dataset has the same rows in the same order as ``dataset``.
     """
     outside = outside_reasons(dataset)
-    skip = [reason is not None and not allow_outside_paths for reason in outside]
-    files = inspect_images(dataset, skip)
+    refused = refused_outside(dataset, outside, tuple(outside_paths))
+    unnamed = dataset.images["name_error"].notna() if "name_error" in dataset.images else [False] * len(refused)
+    files = inspect_images(dataset, [reason is not None or bool(bad) for reason, bad in zip(refused, unnamed)])
+    dataset = _sizes_from_files(dataset, files)
     seg_errors = segmentation_errors(dataset)
     bad_segmentations = {k for k, error in enumerate(seg_errors) if error is not None}
     dataset, oriented = normalise_orientation(dataset, files, exif_labels, bad_segmentations)
     clipped: list[dict[str, Any]] = []
     if out_of_bounds == "clip":
         dataset, clipped = clip_boxes(dataset, tolerance_px)
-    images = image_table(dataset, files, [None if allow_outside_paths else r for r in outside])
+    images = image_table(dataset, files, refused)
     unusable = set(dataset.images.loc[~usable(files), "image_id"].dropna())
     annotations = annotation_geometry(dataset, tolerance_px, segmentation_error=seg_errors,
                                       unusable_image_ids=unusable)
     categories = category_table(dataset.categories)
     tables = {"images": images, "annotations": annotations, "categories": categories}
     image_ids = [int(i) for i in images["image_id"].dropna().unique()]
-    category_ids = [int(i) for i in dataset.categories["category_id"].dropna().unique()]
+    category_ids = [int(i) for i in dataset.categories["category_id"].dropna().unique() if i != UNKNOWN_CLASS]
     report = run_rules(tables, build_rules(image_ids, category_ids, set(images.columns), set(annotations.columns),
                                            set(categories.columns)))
     report.notes = {"oriented": oriented, "clipped": clipped,
-                    "outside_data_path": [{"file_name": name, "reason": reason} for name, reason
-                                          in zip(dataset.images["file_name"], outside) if reason is not None]}
+                    "outside_data_path": [{"file_name": name, "reason": reason} for name, reason, no
+                                          in zip(dataset.images["file_name"], outside, refused)
+                                          if reason is not None and no is None]}
     report.checked, report.files = dataset, files
     return report
+
+
+def _sizes_from_files(dataset: CanonicalDataset, files: pd.DataFrame) -> CanonicalDataset:
+    """Fill a missing label width/height (NaN) from the decoded upright file, where the row has no
+    ``field_error`` of its own (a mistyped COCO size is reported, never replaced)."""
+    images = dataset.images
+    unsized = (images["width"].isna() | images["height"].isna()) & usable(files)
+    if "field_error" in images:
+        unsized &= images["field_error"].isna()
+    if not unsized.any():
+        return dataset
+    images = images.copy()
+    images.loc[unsized, "width"] = files.loc[unsized, "upright_width"].astype(float)
+    images.loc[unsized, "height"] = files.loc[unsized, "upright_height"].astype(float)
+    return replace(dataset, images=images)

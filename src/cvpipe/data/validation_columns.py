@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from cvpipe.data.canonical import CanonicalDataset
-from cvpipe.data.file_checks import MISSING, escapes_root
+from cvpipe.data.file_checks import MISSING, escapes_root, inside_any
 from cvpipe.data.image_files import inspect_file
 from cvpipe.data.segmentation_check import segmentation_problem
 
@@ -38,6 +38,16 @@ def outside_reasons(dataset: CanonicalDataset) -> list[str | None]:
     root = data_root(dataset)
     return [escapes_root(str(name), dataset.image_root, root) if isinstance(name, str) else None
             for name in dataset.images["file_name"]]
+
+
+def refused_outside(dataset: CanonicalDataset, outside: list[str | None],
+                    outside_paths: list[str] | tuple[str, ...]) -> list[str | None]:
+    """Per image row: the reason of :func:`outside_reasons` where the name is not inside one of
+    ``outside_paths`` (``validate.outside_paths``, the folders allowed beyond data.path), else None."""
+    hint = (f"not inside data.path nor validate.outside_paths {list(outside_paths)}" if outside_paths
+            else "not inside data.path; list its folder in validate.outside_paths to allow it")
+    return [None if reason is None or inside_any(str(name), dataset.image_root, outside_paths)
+            else f"{reason}: {hint}" for name, reason in zip(dataset.images["file_name"], outside)]
 
 
 def inspect_images(dataset: CanonicalDataset, skip: list[bool]) -> pd.DataFrame:
@@ -87,5 +97,12 @@ def name_key(name: Any) -> str | None:
 
 
 def category_table(categories: pd.DataFrame) -> pd.DataFrame:
-    """The categories with ``name_key`` for the name rules."""
-    return categories.assign(name_key=[name_key(n) for n in categories["name"]])
+    """The categories with ``name_key`` for the name rules. A row with its own ``field_error`` (a COCO
+    category whose id or name has the wrong type) gets neutral stand-ins, no id and a key of its own, so
+    rule "category fields well-typed" alone reports it."""
+    table = categories.assign(name_key=[name_key(n) for n in categories["name"]])
+    if "field_error" in table:
+        own = table["field_error"].notna().to_numpy()
+        table["category_id"] = table["category_id"].astype(object).where(~own, None)
+        table.loc[own, "name_key"] = [f"<categories row {k}>" for k in own.nonzero()[0]]
+    return table

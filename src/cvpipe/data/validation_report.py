@@ -1,6 +1,6 @@
 """What validation writes for people: dataset statistics, ``validation.md``, ``quarantine.csv``.
 
-``quarantine.csv`` has one line per (removed row, broken rule): ``file, rule, value, table, ann_id``, so a
+``quarantine.csv`` has one line per (removed row, broken rule): ``file, rule, value, table, ann_id, label_file``, so a
 quarantined image and each of its annotations can be found again; ``reports/validation.json`` holds the
 same items with their counts.
 """
@@ -18,7 +18,7 @@ from cvpipe.data.canonical import CanonicalDataset
 
 SMALL, MEDIUM = 32 ** 2, 96 ** 2  # px², COCO's object size bins
 TINY_SIDE = 4  # px: boxes narrower than this are hard for any detector at the prepared size
-QUARANTINE_COLUMNS = ["file", "rule", "value", "table", "ann_id"]
+QUARANTINE_COLUMNS = ["file", "rule", "value", "table", "ann_id", "label_file"]
 
 
 def _quantiles(values: pd.Series) -> dict[str, float]:
@@ -80,7 +80,8 @@ def write_quarantine_csv(items: list[dict[str, Any]], path: str | Path) -> int:
         writer.writerow(QUARANTINE_COLUMNS)
         for item in items:
             for rule, value in zip(item["rules"], item["values"]):
-                writer.writerow([item.get("file_name", ""), rule, value, item["table"], item.get("ann_id", "")])
+                writer.writerow([item.get("file_name", ""), rule, value, item["table"], item.get("ann_id", ""),
+                                 item.get("label_file", "")])
                 lines += 1
     return lines
 

@@ -3,8 +3,9 @@ expectation on one table with a human name.
 
 Rules read plain columns of the three tables as :mod:`cvpipe.data.validation` prepares them (file facts,
 box ends, segmentation and name checks are derived there). Optional columns add their rules only when an
-importer wrote them: ``label_file``, ``label_error``, ``mask_out_of_range``, ``field_error`` (COCO field
-types), ``parse_error`` (one bad line or object of a label file), ``blank_label``.
+importer wrote them: ``label_file``, ``name_error`` (a file name that is not UTF-8), ``label_error``,
+``mask_out_of_range``, ``field_error`` (COCO field types), ``parse_error`` (one bad line or object of a label
+file), ``blank_label``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def _optional_rules(e: Any, img: tuple[str, ...], ann: tuple[str, ...], cat: tup
                                       e.ExpectColumnValuesToNotBeNull(column="label_file"), ("file_name", "image_id"))),
         ("images", "label_error", Rule("label file parses", "images",
                                        e.ExpectColumnValuesToBeNull(column="label_error"), img)),
+        ("images", "name_error", Rule("file name is UTF-8", "images",
+                                      e.ExpectColumnValuesToBeNull(column="name_error"), img)),
         ("images", "field_error", Rule("image fields well-typed", "images",
                                        e.ExpectColumnValuesToBeNull(column="field_error"), img)),
         ("images", "mask_out_of_range", Rule("mask values within class range", "images",
@@ -59,12 +62,12 @@ def build_rules(image_ids: list[int], category_ids: list[int], image_columns: se
                "categories": category_columns or set()}
     num_classes = len(category_ids)
     img = ("file_name", "image_id") + (("label_file",) if "label_file" in columns["images"] else ())
-    ann = ("file_name", "ann_id") + (("source_label",) if "source_label" in columns["annotations"] else ())
-    cat = ("category_id", "name")
+    ann = ("file_name", "ann_id") + tuple(c for c in ("label_file", "source_label") if c in columns["annotations"])
+    cat = ("category_id", "name") + (("label_file",) if "label_file" in columns["categories"] else ())
     optional = {table: [rule for t, column, rule in _optional_rules(e, img, ann, cat)
                         if t == table and column in columns[table]] for table in columns}
     return [
-        Rule("image ids present", "images", e.ExpectColumnValuesToNotBeNull(column="image_id"), img),
+        Rule("image ids present", "images", e.ExpectColumnValuesToBeInSet(column="id_present", value_set=[True]), img),
         Rule("image ids unique", "images", e.ExpectColumnValuesToBeUnique(column="image_id"), img),
         Rule("image file names unique", "images", e.ExpectColumnValuesToBeUnique(column="file_name"), img),
         Rule("file name inside data.path", "images", e.ExpectColumnValuesToBeNull(column="outside_data_path"),

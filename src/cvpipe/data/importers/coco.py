@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cvpipe.data.canonical import CanonicalDataset, from_coco
-from cvpipe.data.file_checks import MISSING, UnreadableFile, file_kind, read_text
+from cvpipe.data.file_checks import MISSING, UnreadableFile, file_kind, printable_name, read_text
 from cvpipe.data.importers.coco_fields import check_coco
 from cvpipe.data.importers.common import UNKNOWN_CLASS, copy_image, list_images
 from cvpipe.errors import ConfigError
@@ -55,21 +55,25 @@ def import_coco(path: str | Path, *, annotations: str = "annotations.json", imag
     ann["category_id"] = [mapping.get(c, UNKNOWN_CLASS) if c is not None else UNKNOWN_CLASS
                           for c in ann["source_label"]]
     ann["field_error"] = field_errors["annotations"]
+    ann["label_file"] = json_path.name  # also for an annotation whose image_id names no image
     cats = dataset.categories
     cats["source_id"] = cats["category_id"]
     cats["category_id"] = [mapping.get(c, UNKNOWN_CLASS) for c in cats["source_id"]]
     cats["field_error"] = field_errors["categories"]
+    cats["label_file"] = json_path.name
     dataset.categories = cats.sort_values("category_id", kind="stable").reset_index(drop=True)
     dataset.images["label_file"] = json_path.name
     dataset.images["field_error"] = field_errors["images"]
+    dataset.images["name_error"] = None
     if image_dir.is_dir():  # files nobody labelled: listed, so validation can name them
         listed = set(dataset.images["file_name"].astype(str))
         extra = [name for name in list_images(image_dir) if name not in listed]
         if extra:
             known = dataset.images["image_id"].dropna()
             start = int(known.max()) + 1 if len(known) else 1
-            rows = [{"image_id": start + k, "file_name": name, "width": float("nan"), "height": float("nan"),
-                     "split": None, "label_file": None, "field_error": None} for k, name in enumerate(extra)]
+            rows = [{"image_id": start + k, "file_name": shown, "width": float("nan"), "height": float("nan"),
+                     "split": None, "label_file": None, "field_error": None, "name_error": error}
+                    for k, (shown, error) in enumerate(printable_name(name) for name in extra)]
             dataset.images = _concat(dataset.images, rows)
     dataset.info = {"source": "coco", "path": str(path), "class_names": dataset.class_names}
     return dataset

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from cvpipe.data.canonical import ANNOTATION_COLUMNS, IMAGE_COLUMNS, CanonicalDataset
-from cvpipe.data.file_checks import UnreadableFile, read_text
+from cvpipe.data.file_checks import UnreadableFile, printable_name, read_text
 from cvpipe.data.image_files import header_size
 from cvpipe.errors import ConfigError
 
@@ -72,14 +72,20 @@ class TableBuilder:
     images: list[dict[str, Any]] = field(default_factory=list)
     annotations: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_image(self, file_name: str, width: float, height: float, split: str | None, **extra: Any) -> int:
+    def add_image(self, file_name: str | None, width: float, height: float, split: str | None, **extra: Any) -> int:
+        """A row for ``file_name``; a name that is not UTF-8 is stored escaped with its ``name_error``."""
         image_id = len(self.images) + 1
+        file_name, name_error = printable_name(file_name) if isinstance(file_name, str) else (file_name, None)
+        if isinstance(extra.get("label_file"), str):
+            extra["label_file"] = printable_name(extra["label_file"])[0]
         self.images.append({"image_id": image_id, "file_name": file_name, "width": width, "height": height,
-                            "split": split, **extra})
+                            "split": split, "name_error": name_error, **extra})
         return image_id
 
     def add_box(self, image_id: int, label: str, x: float, y: float, w: float, h: float, *, iscrowd: int = 0,
                 segmentation: Any = None, area: float | None = None, **extra: Any) -> None:
+        if isinstance(label, str):  # an ImageFolder class folder named in another encoding
+            label = printable_name(label)[0]
         self.annotations.append({"ann_id": len(self.annotations) + 1, "image_id": image_id, "source_label": label,
                                  "x": x, "y": y, "w": w, "h": h, "area": w * h if area is None else area,
                                  "iscrowd": iscrowd, "segmentation": segmentation, **extra})
@@ -102,6 +108,12 @@ class TableBuilder:
         for col in ("width", "height"):
             images[col] = pd.to_numeric(images[col], errors="coerce").astype(float)
         categories = pd.DataFrame({"category_id": range(1, len(names) + 1), "name": names})
+        if any("label_file" in im for im in self.images):  # where each class is first used, for the name rules
+            label_file = {im["image_id"]: im.get("label_file") for im in self.images}
+            first: dict[str, Any] = {}
+            for a in self.annotations:
+                first.setdefault(str(a["source_label"]), label_file.get(a["image_id"]))
+            categories["label_file"] = [first.get(name) for name in names]
         if source_ids is not None:
             categories["source_id"] = source_ids
         return CanonicalDataset(images, annotations, categories, image_root, {**info, "class_names": names})

@@ -9,15 +9,19 @@ image, no masks): use ``pipeline.models: [classifier]``.
   folder is a split name (train, val/valid/validation, test).
 - CSV: columns ``file`` and ``label`` (names are params), optional ``split``; paths relative to the CSV's
   folder joined with ``images``. Images in that folder the CSV does not list break "image has a label file".
+  The CSV must be UTF-8; a row without a file name breaks "label file parses" (it still counts as a row),
+  one without a label "class label not empty".
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from typing import Callable
 from pathlib import Path, PurePosixPath
 
 from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.file_checks import MISSING, UnreadableFile, file_kind, read_text
 from cvpipe.data.importers.common import (SPLIT_NAMES, TableBuilder, annotations_by_image, class_name_of,
                                           list_images, stem_key, upright_size)
 from cvpipe.data.image_files import open_rgb
@@ -28,7 +32,7 @@ def _add_whole_image(builder: TableBuilder, root: Path, file_name: str, label: s
                      label_file: str | None) -> None:
     width, height = upright_size(root / file_name)
     image_id = builder.add_image(file_name, width, height, split, label_file=label_file, label_error=None,
-                                 label_frame="upright")
+                                 label_frame="upright")  # label "" (a CSV row without one): "class label not empty"
     if label is not None:
         builder.add_box(image_id, label, 0.0, 0.0, width, height)
 
@@ -56,22 +60,32 @@ def import_csv(path: str | Path, *, file: str = "labels.csv", images: str = ".",
     """Read a CSV of file,label[,split] (see the module docstring); ``path`` is the CSV or its folder."""
     path = Path(path)
     csv_path = path / file if path.is_dir() else path
-    if not csv_path.is_file():
+    if file_kind(csv_path) == MISSING:
         raise ConfigError(f"{csv_path}: label CSV not found (data.path, data.csv.file)")
+    try:
+        text = read_text(csv_path)
+    except UnreadableFile as exc:
+        raise ConfigError(f"{csv_path}: {exc}") from None
     image_root = csv_path.parent / images
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = {file_column, label_column} - set(reader.fieldnames or [])
-        if missing:
-            raise ConfigError(f"{csv_path}: column(s) {sorted(missing)} not found; header is {reader.fieldnames}")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = {file_column, label_column} - set(reader.fieldnames or [])
+    if missing:
+        raise ConfigError(f"{csv_path}: column(s) {sorted(missing)} not found; header is {reader.fieldnames}")
     builder = TableBuilder(class_names=class_names)
     listed = set()
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        name = PurePosixPath(row[file_column].strip().replace("\\", "/")).as_posix()
-        listed.add(name)
+    for number, row in enumerate(reader, start=2):  # line 1 is the header (a quoted newline shifts this)
+        name = PurePosixPath((row.get(file_column) or "").strip().replace("\\", "/")).as_posix()
+        label = (row.get(label_column) or "").strip()
         split = SPLIT_NAMES.get((row.get(split_column) or "").strip().lower())
-        _add_whole_image(builder, image_root, name, row[label_column].strip(), split, f"{csv_path.name}:{number}")
+        label_file = f"{csv_path.name}:{number}"
+        if name == ".":  # no file name: a row of its own, reported, never skipped
+            image_id = builder.add_image(None, float("nan"), float("nan"), split, label_file=label_file,
+                                         label_error=f"line {number}: no value in column {file_column!r}",
+                                         label_frame="upright")
+            builder.add_box(image_id, label, float("nan"), float("nan"), float("nan"), float("nan"))
+            continue
+        listed.add(name)
+        _add_whole_image(builder, image_root, name, label, split, label_file)
     for name in list_images(image_root):
         if name not in listed:
             _add_whole_image(builder, image_root, name, None, None, None)

@@ -27,7 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cvpipe.data.canonical import CanonicalDataset
-from cvpipe.data.file_checks import UnreadableFile, read_regular_bytes
+from cvpipe.data.file_checks import MISSING, UnreadableFile, file_kind, read_regular_bytes
 from cvpipe.data.image_files import open_checked
 from cvpipe.data.importers.common import (TableBuilder, class_name_of, copy_image,
                                           list_images, read_lines, split_of, stem_key,
@@ -46,7 +46,7 @@ ID_MODES = ("L", "P", "I", "I;16", "1")  # modes whose pixel values are class id
 def _class_names(root: Path, class_names: list[str] | None) -> list[str] | None:
     if class_names is not None:
         return list(class_names)
-    if (root / "classes.txt").exists():
+    if file_kind(root / "classes.txt") != MISSING:  # a FIFO or a loop is a ConfigError, never skipped
         names = list(read_lines(root / "classes.txt"))
         return names[1:] if names and names[0].lower() in BACKGROUND_NAMES else names
     return None
@@ -132,6 +132,8 @@ def import_mask_folder(path: str | Path, *, images: str = "images", masks: str =
             "binary": binary_masks}
     dataset = builder.build(image_dir, info)
     dataset.categories["source_id"] = list(range(1, len(names) + 1))
+    if class_names is None and file_kind(root / "classes.txt") != MISSING:
+        dataset.categories["label_file"] = "classes.txt"
     return dataset
 
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cvpipe.data.canonical import CanonicalDataset
-from cvpipe.data.file_checks import UnreadableFile, escapes_root, read_regular_bytes
+from cvpipe.data.file_checks import MISSING, UnreadableFile, escapes_root, file_kind, read_regular_bytes
 from cvpipe.data.importers.common import (TableBuilder, annotations_by_image, class_name_of, copy_image,
                                           list_files, list_images, read_lines, stem_key, upright_size)
 from cvpipe.errors import ConfigError
@@ -89,11 +89,11 @@ def _split_lists(folder: Path) -> dict[str, str]:
     names = {f for f, _ in SPLIT_FILES}
     if not folder.is_dir():
         return split
-    if (folder / "train.txt").is_file():
+    if file_kind(folder / "train.txt") != MISSING:
         names.discard("trainval")
     for file_stem, name in SPLIT_FILES:
         path = folder / f"{file_stem}.txt"
-        if file_stem in names and path.is_file():
+        if file_stem in names and file_kind(path) != MISSING:  # a special or non-UTF-8 list: ConfigError
             for line in read_lines(path):
                 image_id = line  # a whole line: ids may hold spaces
                 if split.setdefault(image_id, name) != name:

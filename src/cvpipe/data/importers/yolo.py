@@ -15,6 +15,7 @@ lines (on a row for the missing image). A label file that cannot be read (not UT
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -47,42 +48,56 @@ def _read_spec(path: Path) -> dict[str, Any]:
 
 
 def _names(root: Path, label_dir: Path, data_yaml: str, class_names: list[str] | None
-           ) -> tuple[list[str], dict[str, Any]]:
+           ) -> tuple[list[str], dict[str, Any], str]:
+    """(class names, data.yaml as a dict, where the names come from)."""
     spec = _read_spec(root / data_yaml)
     if class_names is not None:
-        return list(class_names), spec
+        return list(class_names), spec, "params.yaml data.yolo.class_names"
     names = spec.get("names")
     if isinstance(names, dict):  # {0: person, 1: car}
-        return [str(names[k]) for k in sorted(names, key=int)], spec
+        keys = sorted(names, key=lambda k: int(k) if str(k).isdigit() else -1)
+        if [str(k) for k in keys] != [str(k) for k in range(len(names))]:
+            raise ConfigError(f"{root / data_yaml}: 'names' keys must be the class indices 0..{len(names) - 1}, "
+                              f"got {list(names)[:10]}")
+        return [str(names[k]) for k in keys], spec, data_yaml
     if isinstance(names, list):
-        return [str(n) for n in names], spec
+        return [str(n) for n in names], spec, data_yaml
     for candidate in (root / CLASS_LIST, label_dir / CLASS_LIST):
         if file_kind(candidate) != MISSING:
-            return list(read_lines(candidate)), spec
+            return list(read_lines(candidate)), spec, candidate.relative_to(root).as_posix()
     raise ConfigError(f"{root / data_yaml}: no class names (give 'names' there, a classes.txt, "
                       "or data.yolo.class_names in params.yaml)")
 
 
+def _relative(path: Path, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` after resolving the folders' symlinks (never the file's own: a
+    symlink loop or special file keeps its name for validation to report), or None outside."""
+    real = Path(os.path.realpath(path.parent)) / path.name
+    try:
+        return real.relative_to(os.path.realpath(folder)).as_posix()
+    except ValueError:
+        return None
+
+
 def _yaml_splits(root: Path, image_dir: Path, spec: dict[str, Any]) -> dict[str, str]:
-    """image path relative to ``image_dir`` → split, from data.yaml's train/val/test entries."""
+    """image path relative to ``image_dir`` → split, from data.yaml's train/val/test entries (folders, or
+    .txt lists of image paths; a list that cannot be read is a ConfigError naming it)."""
     base = root / str(spec.get("path", "")) if spec.get("path") and not Path(str(spec["path"])).is_absolute() else root
     out: dict[str, str] = {}
     for key, split in SPLIT_NAMES.items():
         entries = spec.get(key)
         for entry in ([] if entries is None else entries if isinstance(entries, list) else [entries]):
-            target = (base / str(entry)).resolve()
-            if target.is_dir():
+            target = base / str(entry)
+            if target.suffix == ".txt" and file_kind(target) != MISSING:
+                files = [target.parent / line for line in read_lines(target)]  # an absolute line stays absolute
+            elif target.is_dir():
                 files = [target / f for f in list_images(target)]
-            elif target.is_file() and target.suffix == ".txt":
-                files = [(target.parent / line).resolve() if not Path(line).is_absolute() else Path(line)
-                         for line in read_lines(target)]
             else:
                 continue
             for f in files:
-                try:
-                    out.setdefault(f.resolve().relative_to(image_dir.resolve()).as_posix(), split)
-                except ValueError:
-                    continue  # outside the images folder
+                relative = _relative(f, image_dir)
+                if relative is not None:  # else outside the images folder
+                    out.setdefault(relative, split)
     return out
 
 
@@ -132,7 +147,7 @@ def import_yolo(path: str | Path, *, images: str = "images", labels: str = "labe
     image_dir, label_dir = root / images, root / labels
     if not image_dir.is_dir():
         raise ConfigError(f"{image_dir}: YOLO images folder not found (data.path, data.yolo.images)")
-    names, spec = _names(root, label_dir, data_yaml, class_names)
+    names, spec, names_file = _names(root, label_dir, data_yaml, class_names)
     splits = _yaml_splits(root, image_dir, spec)
     label_files = {stem_key(rel): rel for rel in list_files(label_dir, (".txt",)) if rel != CLASS_LIST}
     builder = TableBuilder(class_names=[str(k) for k in range(len(names))])
@@ -152,6 +167,7 @@ def import_yolo(path: str | Path, *, images: str = "images", labels: str = "labe
         add(f"{stem}.*", float("nan"), float("nan"), split_of(label), label)
     dataset = builder.build(image_dir, {"source": "yolo", "path": str(root)}, source_ids=list(range(len(names))))
     dataset.categories["name"] = names
+    dataset.categories["label_file"] = names_file
     dataset.info["class_names"] = names
     return dataset
 
