@@ -25,10 +25,13 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.params).model(args.model)
     task, arch = config.task, config.train.arch
-    files = [str(p.relative_to(PACKAGE_DIR.parent)) for p in model_sources(task, arch)]
+    # The sources DVC tracks in this workspace (src/cvpipe beside dvc.yaml), which may be a copy (dvc exp run
+    # --temp, a test's repository) of the installed package; the installed package when there is none.
+    package_dir = Path("src/cvpipe").resolve() if Path("src/cvpipe/__init__.py").is_file() else PACKAGE_DIR
+    files = [str(p.relative_to(package_dir.parent)) for p in model_sources(task, arch, package_dir)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"task": task, "arch": arch, "hash": code_hash(task, arch), "files": files},
-                                   indent=2) + "\n")
+    args.out.write_text(json.dumps({"task": task, "arch": arch, "hash": code_hash(task, arch, package_dir),
+                                    "files": files}, indent=2) + "\n")
     log.info("%s (%s/%s): %d source files", args.model, task, arch, len(files))
 
 

@@ -28,6 +28,8 @@ def main() -> None:
                 "prepare": raw.get("prepare", {})}, resumable_run_id=resumable)
     tracking.write_run_id(stage.model_dir / "run.json", run_id, experiment=params.mlflow.experiment)
     with tracking.resume_run(run_id):
+        if not continued:
+            tracking.log_prepared_dataset(stage.prepared, load_meta(stage.prepared)["data_hash"])
         outcome = engine.train(stage.config, prepared=stage.prepared, model_dir=stage.model_dir,
                                report_dir=stage.report_dir, runtime=runtime, seed=params.seed,
                                on_epoch_end=lambda epoch, row: mlflow.log_metrics(row, step=epoch),

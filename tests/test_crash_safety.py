@@ -279,8 +279,8 @@ def test_a_champion_that_moves_during_the_comparison_is_compared_again(store, ti
         seen.append(None if champion is None else str(champion.version))
         if champion is None:
             client.set_registered_model_alias(name, "champion", "3")  # the other promotion lands meanwhile
-            return {"challenger": {}, "champion": None}, "promoted", "first model"
-        return {"challenger": {}, "champion": {}}, "kept", "no significant gain"
+            return {"metric": None, "challenger": {}, "champion": None}, "promoted", "first model"
+        return {"metric": None, "challenger": {}, "champion": {}}, "kept", "no significant gain"
 
     monkeypatch.setattr(promotion, "_decide", decide)
     monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda uri: object())
@@ -310,7 +310,7 @@ def test_two_promotions_at_once_run_one_after_the_other(store, tiny_prepared, mo
         time.sleep(0.5)
         inside[0] -= 1
         seen[challenger_version] = None if champion is None else str(champion.version)
-        return {"challenger": {}, "champion": None}, "promoted", "better"
+        return {"metric": None, "challenger": {}, "champion": None}, "promoted", "better"
 
     monkeypatch.setattr(promotion, "_decide", decide)
     monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda uri: object())

@@ -65,8 +65,14 @@ def test_mlflow_holds_one_run_with_the_whole_story(pipeline_repo):
     artifacts = {a.path for d in ("train", "evaluate", "tune", "export")
                  for a in client.list_artifacts(run.info.run_id, d)}
     assert {"train/model.pt", "evaluate/confusion.png", "evaluate/samples.png", "export/model.onnx"} <= artifacts
+    # the prepared data as the run's input dataset; figures as images; descriptions on the registry
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert (dataset.name, dataset.digest) == ("prepared", meta["data_hash"])
+    assert any(a.path.startswith("images") for a in client.list_artifacts(run.info.run_id))  # mlflow.log_image
     version = client.get_model_version_by_alias("cvpipe-classifier", "challenger")
     assert version.run_id == run.info.run_id
+    assert "top1" in version.description and "reject_threshold" in version.description
+    assert "classification" in client.get_registered_model("cvpipe-classifier").description
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     champion = mlflow.pyfunc.load_model("models:/cvpipe-classifier@champion")  # first model: promoted
     assert champion.metadata.run_id == run.info.run_id
@@ -88,6 +94,9 @@ def test_every_model_gets_its_task_metrics_and_a_passing_parity_gate(pipeline_re
         assert expected[task] <= set(metrics), name
         assert (repo / "models" / name / "model.onnx").is_file()
         assert json.loads((repo / "reports" / name / "tune.json").read_text())
+        for metrics_file in ("tune_metrics", "export", "promotion_metrics"):  # DVC metrics: numbers only
+            values = json.loads((repo / "reports" / name / f"{metrics_file}.json").read_text())
+            assert values and all(isinstance(v, (int, float)) for v in values.values()), (name, metrics_file)
         assert json.loads((repo / "models" / name / "registry.json").read_text())["alias"] == "challenger"
         assert json.loads((repo / "reports" / name / "promotion.json").read_text())["reason"].startswith("first model")
 
@@ -156,3 +165,15 @@ def test_a_code_change_reruns_only_the_models_it_touches(pipeline_repo):
         ssd.write_text(original)
     _run(["dvc", "repro", "--single-item", *code_stages], repo, env)
     assert json.loads(_run(["dvc", "status", "--json"], repo, env).stdout) == {}
+
+
+def test_dvc_plots_render_the_training_curves_by_column_and_every_figure(pipeline_repo):
+    repo, env = pipeline_repo
+    shown = json.loads(_run(["dvc", "plots", "show", "--json", "--split"], repo, env).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    plots = shown.get("data", shown)
+    assert "Training loss (detectors)" in plots and "Validation top-1 (classifier)" in plots
+    drawn = {p for p in plots if p.endswith(".png")}
+    for model in yaml.safe_load((repo / "params.yaml").read_text())["pipeline"]["models"]:
+        figures = {str(p.relative_to(repo)) for p in (repo / "reports" / model).rglob("*.png")}
+        assert figures and figures <= drawn, (model, figures - drawn)

@@ -213,6 +213,14 @@ def test_mlflow_models_serve_answers_a_posted_jpeg(exported, image_folder, tmp_p
             answer = json.loads(response.read())["predictions"]
     finally:
         stop(server)
+    # the same registered version through `cvpipe predict`
+    out = tmp_path / "registry"
+    assert main(["predict", str(image_folder / "scenes"), "--model", "models:/cvpipe-yolo@challenger", "--out",
+                 str(out), "--quiet", "--no-overlays", "--score-threshold", "0.0001"]) == 0
+    from_onnx = tmp_path / "onnx"
+    assert main(["predict", str(image_folder / "scenes"), "--model", str(model_dir), "--out", str(from_onnx),
+                 "--quiet", "--no-overlays", "--score-threshold", "0.0001"]) == 0
+    assert (out / "results.json").read_text() == (from_onnx / "results.json").read_text()
     pyfunc = OnnxVisionModel()
     pyfunc.load_onnx(model_dir / "model.onnx", task="detection")
     sent_jpeg = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["dataframe_split"]["data"][0][0]))))

@@ -24,12 +24,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ENGINE_MODULES = ("cvpipe.engine",)
 
 
-def module_file(module: str) -> Path | None:
-    """The source file of a module of this package (a package's ``__init__.py``), or None outside it."""
+def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The source file of a module of this package (a package's ``__init__.py``) under ``package_dir``, or None
+    outside it."""
     parts = module.split(".")
     if parts[0] != PACKAGE:
         return None
-    base = PACKAGE_DIR.joinpath(*parts[1:])
+    base = package_dir.joinpath(*parts[1:])
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -52,15 +53,15 @@ def _imported_modules(path: Path) -> set[str]:
     return {m for m in found if m.split(".")[0] == PACKAGE}
 
 
-def source_closure(roots: list[str]) -> list[Path]:
-    """Every package source file reachable from the modules ``roots``, sorted."""
+def source_closure(roots: list[str], package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """Every package source file under ``package_dir`` reachable from the modules ``roots``, sorted."""
     seen: dict[str, Path] = {}
     pending = list(roots)
     while pending:
         module = pending.pop()
         if module in seen:
             continue
-        path = module_file(module)
+        path = module_file(module, package_dir)
         if path is None:
             continue
         seen[module] = path
@@ -68,14 +69,17 @@ def source_closure(roots: list[str]) -> list[Path]:
     return sorted(set(seen.values()))
 
 
-def model_sources(task: str, arch: str) -> list[Path]:
+def model_sources(task: str, arch: str, package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """The source files a model of ``task``/``arch`` is trained, evaluated, tuned and exported with."""
-    return source_closure([*ENGINE_MODULES, *code_modules(task, arch)])
+    return source_closure([*ENGINE_MODULES, *code_modules(task, arch)], package_dir)
 
 
-def code_hash(task: str, arch: str) -> str:
-    """SHA-256 (16 hex digits) over the relative paths and contents of :func:`model_sources`."""
+def code_hash(task: str, arch: str, package_dir: Path = PACKAGE_DIR) -> str:
+    """SHA-256 (16 hex digits) over the relative paths and contents of :func:`model_sources`.
+
+    ``package_dir``: the sources to hash; the installed package by default (what a training run executes), the
+    DVC workspace's ``src/cvpipe`` in the code stage (what DVC tracks there, e.g. in an experiment's copy)."""
     digest = hashlib.sha256()
-    for path in model_sources(task, arch):
-        digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in model_sources(task, arch, package_dir):
+        digest.update(str(path.relative_to(package_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -174,7 +174,8 @@ def tune(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, runt
     model = runtime.prepare_model(trained.model)
     tuning = task.tune(trained, model, config.tune, prepared, runtime, report_dir / "tune")
     paths = [write_json(model_dir / "thresholds.json", tuning.thresholds),
-             write_json(report_dir / "tune.json", tuning.report), *tuning.artifacts]
+             write_json(report_dir / "tune.json", tuning.report),
+             write_json(report_dir / "tune_metrics.json", numeric(tuning.report)), *tuning.artifacts]
     return StageOutcome(metrics=numeric(tuning.report), artifacts=paths)
 
 
@@ -192,7 +193,7 @@ def export(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, op
     parity = task.parity(trained, graph, session, inputs, prepared, thresholds, config.export)
     result = {**parity.figures, "parity_images": int(len(inputs)),
               **export_latencies(graph, session, inputs[:1], latency_runs)}
-    write_json(report_dir / "export.json", result)
+    write_json(report_dir / "export.json", numeric(result))  # a DVC metrics file: numbers only (flags as 0/1)
     if parity.problems:
         raise ParityError(f"{onnx_path}: ONNX disagrees with PyTorch on {len(inputs)} test inputs: "
                           + "; ".join(parity.problems))

@@ -310,13 +310,36 @@ def read_run_id(path: str | Path) -> str:
 
 
 def log_outcome(metrics: dict[str, float], artifacts: list[Path], artifact_dir: str, step: int | None = None) -> None:
-    """Log a stage's metrics and files on the active run."""
+    """Log a stage's metrics and files on the active run; PNG figures also as MLflow images (``log_image``, key
+    ``<stage>/<name>``), so the run page shows them without opening the artifact tree."""
     import mlflow
 
     if metrics:
         mlflow.log_metrics(metrics, step=step)
     for path in artifacts:
         mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+        if Path(path).suffix.lower() == ".png":
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as image:
+                mlflow.log_image(np.asarray(image.convert("RGB")), key=f"{artifact_dir}/{Path(path).stem}",
+                                 step=step or 0)
+
+
+def log_prepared_dataset(prepared: Path, data_hash: str, *, name: str = "prepared") -> None:
+    """The prepared arrays as the run's input dataset (``mlflow.log_input``; digest = the data hash), so the runs
+    table's Dataset column says which data a model was trained on."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow warns that it guessed the source type (a local folder: right)
+        source = resolve_dataset_source(str(Path(prepared).resolve()))
+    mlflow.log_input(MetaDataset(source=source, name=name, digest=data_hash[:36]), context="training")
 
 
 def register_onnx_model(onnx_path: str | Path, *, registered_name: str, task: str, input_example: Any,
@@ -350,4 +373,42 @@ def register_onnx_model(onnx_path: str | Path, *, registered_name: str, task: st
     for key, value in {"task": task, **tags}.items():
         client.set_model_version_tag(registered_name, version, key, value)
     client.set_registered_model_alias(registered_name, alias, version)
+    from cvpipe.export import onnx_metadata, onnx_session
+
+    meta = onnx_metadata(onnx_session(onnx_path))
+    client.update_model_version(registered_name, version, description=version_description(
+        registered_name, version, task, meta, tags))
+    client.update_registered_model(registered_name, description=model_description(registered_name, task, meta))
     return version
+
+
+SERVING_KEYS = ("score_threshold", "nms_iou_threshold", "max_detections", "mask_threshold", "min_area",
+                "reject_threshold")
+
+
+def model_description(name: str, task: str, meta: dict[str, Any]) -> str:
+    """The registered model's description (Markdown): what it is and how to load and serve it."""
+    return (f"cvpipe **{task}** model; classes: {', '.join(meta.get('class_names', []))}.\n\n"
+            f"Load: `mlflow.pyfunc.load_model(\"models:/{name}@champion\").predict(images)` with uint8 "
+            f"[N, H, W, 3] RGB images of any size, or a DataFrame with a column `image` of base64-encoded files.\n\n"
+            f"Files: `cvpipe predict shots/ --model models:/{name}@champion`. REST: `mlflow models serve -m "
+            f"models:/{name}@champion --env-manager local`. Loading runs the cvpipe code shipped with each version "
+            f"(see the README, \"What loading a registered model executes\").")
+
+
+def version_description(name: str, version: str, task: str, meta: dict[str, Any], tags: dict[str, str]) -> str:
+    """A version's description: its commit and data, test metrics and the tuned thresholds it serves with."""
+    metrics = ", ".join(f"{k[len('test_'):]} {float(v):.4f}" for k, v in tags.items()
+                        if k.startswith("test_") and "latency" not in k and "_ms" not in k and _is_number(v))
+    thresholds = ", ".join(f"{k} {meta[k]}" for k in SERVING_KEYS if k in meta)
+    return (f"{task}, classes: {', '.join(meta.get('class_names', []))}. Test: {metrics or 'n/a'}. "
+            f"Thresholds: {thresholds or 'n/a'}. git {tags.get('git_commit', 'unknown')[:12]}, data "
+            f"{tags.get('data_hash', 'unknown')[:12]}. Load: `mlflow.pyfunc.load_model(\"models:/{name}/{version}\")`.")
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

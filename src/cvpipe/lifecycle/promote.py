@@ -96,6 +96,7 @@ def promote(*, name: str, task: str, challenger_version: str, prepared: Path, co
                   seconds=round(time.perf_counter() - started, 3))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    report_path.with_name("promotion_metrics.json").write_text(json.dumps(promotion_metrics(report), indent=2) + "\n")
     _log(client, name, client.get_model_version(name, challenger_version), report, report_path)
     log.info("%s v%s: %s (%s)", name, challenger_version, outcome, reason)
     return report
@@ -197,6 +198,14 @@ def _log(client: Any, name: str, challenger: Any, report: dict[str, Any], report
     if not run_id:
         return
     client.set_tag(run_id, "promotion", report["outcome"])
+    for key, value in promotion_metrics(report).items():
+        client.log_metric(run_id, key, value)
+    client.log_artifact(run_id, str(report_path), artifact_path="promote")
+
+
+def promotion_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The decision's numbers (promoted 0/1, both scores, the bootstrap interval): MLflow metrics and the DVC
+    metrics file ``promotion_metrics.json``."""
     metric = report["metric"]
     values = {"promote_promoted": float(report["outcome"] == "promoted")}
     if metric is not None:
@@ -205,7 +214,4 @@ def _log(client: Any, name: str, challenger: Any, report: dict[str, Any], report
     boot = report.get("bootstrap") or {}
     values.update({"promote_difference": boot.get("difference"), "promote_ci_low": boot.get("ci_low"),
                    "promote_ci_high": boot.get("ci_high")})
-    for key, value in values.items():
-        if value is not None:
-            client.log_metric(run_id, key, float(value))
-    client.log_artifact(run_id, str(report_path), artifact_path="promote")
+    return {key: float(value) for key, value in values.items() if value is not None}
