@@ -60,11 +60,12 @@ def isbi_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = write_isbi(tmp_path_factory.mktemp("isbi") / "membranes")
 
     def settings(params: dict) -> None:
+        default_epochs = params["models"]["unet"]["train"]["epochs"]
         tiny_params(params, ["unet"])  # 64 px, few latency runs
+        # what a user sets for ISBI-style data, and nothing else (the default schedule; the head starts at the
+        # training masks' background share, so cells covering ~85 % of the pixels are no problem)
         params["data"].update(source="masks", path=str(data))
-        # 16 training images: 20 epochs of batch 2 are 160 steps (~10 s on CPU). Two epochs of the default
-        # batch are 4 steps, too few for the head's P(background) = 0.9 prior to flip on cells covering ~85 %.
-        params["models"]["unet"]["train"].update(binary=True, epochs=20, batch_size=2)
+        params["models"]["unet"]["train"].update(binary=True, epochs=default_epochs)
 
     env = clean_env()
     repo = copy_repo(tmp_path_factory.mktemp("isbi") / "repo", env, settings)
@@ -83,7 +84,11 @@ def test_isbi_masks_run_from_validate_to_an_exported_binary_unet(isbi_repo):
     metrics = json.loads((repo / "reports/unet/metrics.json").read_text())
     per_class = json.loads((repo / "reports/unet/evaluate/per_class.json").read_text())
     assert [c["class"] for c in per_class] == ["background", "foreground"]  # binary: background is label 0
-    assert 0.5 <= metrics["dice"] <= 1.0 and 0.0 <= metrics["miou"] <= 1.0  # learnt something
+    test_masks = np.load(repo / "data/prepared/test/semantic.npy")
+    labelled = test_masks != 255
+    share = np.count_nonzero(labelled & (test_masks > 0)) / np.count_nonzero(labelled)
+    all_foreground = 2 * share / (share + 1)  # the Dice of predicting "cell" everywhere
+    assert all_foreground < metrics["dice"] <= 1.0 and 0.0 <= metrics["miou"] <= 1.0  # learnt more than the prior
     print(f"ISBI-style fixture: test Dice {metrics['dice']:.3f}, mIoU {metrics['miou']:.3f} (foreground)")
     export = json.loads((repo / "reports/unet/export.json").read_text())
     assert (repo / "models/unet/model.onnx").is_file() and export

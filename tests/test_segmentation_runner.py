@@ -18,3 +18,27 @@ def test_train_evaluate_tune_export(tiny_prepared, tmp_path, binary):
     grid = (run.report_dir / "tune" / "tune_grid.csv").read_text().splitlines()
     assert len(grid) == 1 + 2 * (2 if binary else 1)
     assert run.exported.metrics["export_mask_iou"] >= 0.99
+
+
+def test_a_binary_unet_starts_at_the_training_masks_background_share(tiny_prepared):
+    import math
+
+    import numpy as np
+
+    from cvpipe import engine
+    from cvpipe.data.arrays import load_array
+    from cvpipe.data.prepare import load_meta
+    from cvpipe.registry import get_task
+
+    task = get_task("segmentation")
+    masks = np.asarray(load_array(tiny_prepared, "train", "semantic"))
+    share = np.count_nonzero(masks == 0) / np.count_nonzero(masks != 255)
+    binary = model_config({"task": "segmentation", "train": {"arch": "unet", "binary": True,
+                                                             "model": {"base_channels": 8}}}, "unet")
+    init = task.init_arguments(binary, tiny_prepared)
+    assert init == {"background_prior": pytest.approx(share)}
+    model = engine.build(task, binary, load_meta(tiny_prepared), init=init)
+    assert model.head.bias.item() == pytest.approx(math.log((1 - share) / share), rel=1e-5)
+    multi = model_config({"task": "segmentation", "train": {"arch": "unet", "model": {"base_channels": 8}}}, "unet")
+    assert task.init_arguments(multi, tiny_prepared) == {}  # the default prior: the default pipeline unchanged
+    assert engine.build(task, multi, load_meta(tiny_prepared)).head.bias[0].item() == pytest.approx(math.log(0.9))

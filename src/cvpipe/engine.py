@@ -55,7 +55,8 @@ def onnx_input_example(task_name: str, prepared: Path) -> np.ndarray:
     return to_model_input(np.asarray(model_inputs(get_task(task_name), prepared, "test")[:1])).numpy()
 
 
-def build(task: Task, config: Any, meta: dict[str, Any], *, pretrained: bool = True) -> torch.nn.Module:
+def build(task: Task, config: Any, meta: dict[str, Any], *, pretrained: bool = True,
+          init: dict[str, Any] | None = None) -> torch.nn.Module:
     """The configured architecture for the prepared data described by ``meta`` (random init, then the
     configured pretrained and backbone weights unless ``pretrained`` is False: a trained model's own weights
     follow, so the starting weights need not be there any more)."""
@@ -63,7 +64,7 @@ def build(task: Task, config: Any, meta: dict[str, Any], *, pretrained: bool = T
     if not pretrained:
         model_kwargs = {k: v for k, v in train.model.items() if k != "backbone_weights"}
         train = dataclasses.replace(train, pretrained=None, model=model_kwargs)
-    model = build_model(config.task, train, **task.model_arguments(config, meta))
+    model = build_model(config.task, train, **task.model_arguments(config, meta), **(init or {}))
     task.check_model(model, config)
     return model
 
@@ -94,7 +95,7 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
     meta = load_meta(prepared)
     cfg = config.train
     torch.manual_seed(seed)
-    model = runtime.prepare_model(build(task, config, meta))
+    model = runtime.prepare_model(build(task, config, meta, init=task.init_arguments(config, prepared)))
     criterion = build_criterion(config.task, cfg, **task.criterion_arguments(config, meta)).to(runtime.device)
     data = task.train_data(prepared, config)
     if len(data.dataset) == 0:

@@ -81,8 +81,11 @@ class UNet(nn.Module):
 
     def __init__(self, *, num_classes: int, mean: list[float], std: list[float], base_channels: int = 16,
                  depth: int = 3, binary: bool = False, backbone: str | None = None,
-                 backbone_weights: str | None = None) -> None:
+                 backbone_weights: str | None = None, background_prior: float = BACKGROUND_PRIOR) -> None:
         super().__init__()
+        if not 0.0 < background_prior < 1.0:
+            raise ValueError(f"background_prior must be in (0, 1), got {background_prior}")
+        self.background_prior = background_prior
         if num_classes < 1:
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
         if depth < 1:
@@ -117,11 +120,12 @@ class UNet(nn.Module):
         learning that most pixels are background (the initial CE is then ≈ the prior's entropy, not ≈ log C)."""
         nn.init.normal_(self.head.weight, std=0.1)
         with torch.no_grad():
+            prior = self.background_prior
             if self.binary:
-                self.head.bias.fill_(math.log((1 - BACKGROUND_PRIOR) / BACKGROUND_PRIOR))
+                self.head.bias.fill_(math.log((1 - prior) / prior))
             else:
-                self.head.bias.fill_(math.log((1 - BACKGROUND_PRIOR) / self.num_classes))
-                self.head.bias[0] = math.log(BACKGROUND_PRIOR)
+                self.head.bias.fill_(math.log((1 - prior) / self.num_classes))
+                self.head.bias[0] = math.log(prior)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images float32 [B, 3, H, W] in 0..255 → logits [B, C, H, W] (C = out_channels)."""
@@ -146,8 +150,10 @@ class UNet(nn.Module):
 
 
 def build_unet(num_classes: int, mean: list[float], std: list[float], *, base_channels: int = 16, depth: int = 3,
-               binary: bool = False, backbone: str | None = None, backbone_weights: str | None = None) -> UNet:
+               binary: bool = False, backbone: str | None = None, backbone_weights: str | None = None,
+               background_prior: float = BACKGROUND_PRIOR) -> UNet:
     """The U-Net with random init (Kaiming for convolutions, BN at identity, head at the background prior), or with
-    a torchvision ``backbone`` encoder started from ``backbone_weights``."""
+    a torchvision ``backbone`` encoder started from ``backbone_weights``. ``background_prior``: the initial
+    P(background) per pixel (binary training measures it on the training masks)."""
     return UNet(num_classes=num_classes, mean=mean, std=std, base_channels=base_channels, depth=depth, binary=binary,
-                backbone=backbone, backbone_weights=backbone_weights)
+                backbone=backbone, backbone_weights=backbone_weights, background_prior=background_prior)

@@ -161,6 +161,11 @@ class Task(ABC):
     def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
         """A :class:`cvpipe.lifecycle.bootstrap.Scorer` of ``pyfunc``'s per-image results on the test split."""
 
+    def init_arguments(self, config: Any, prepared: Path) -> dict[str, Any]:
+        """Data facts the architecture's builder takes for its initialisation only (e.g. a class prior measured
+        on the training split); a trained model is rebuilt without them, its weights replace the init."""
+        return {}
+
     def resize_for_serving(self) -> str:
         """How served images of another size reach the input size: "letterbox" (scenes) or "resize" (crops)."""
         return "letterbox"

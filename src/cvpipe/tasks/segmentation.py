@@ -51,6 +51,17 @@ class SegmentationTask(Task):
     def criterion_arguments(self, config: Any, meta: dict[str, Any]) -> dict[str, Any]:
         return {**super().criterion_arguments(config, meta), "binary": config.train.binary}
 
+    def init_arguments(self, config: Any, prepared: Path) -> dict[str, Any]:
+        """Binary mode: the head starts at the training masks' background share (ISBI-style cell masks are mostly
+        foreground; the default 0.9 background prior would make the first many steps predict background only).
+        Multi-class mode keeps the builder's default prior."""
+        if not config.train.binary:
+            return {}
+        masks = np.asarray(load_array(prepared, "train", "semantic"))
+        labelled = np.count_nonzero(masks != IGNORE_INDEX)
+        background = np.count_nonzero(masks == 0) / labelled if labelled else 0.9
+        return {"background_prior": float(np.clip(background, 0.01, 0.99))}
+
     def train_data(self, prepared: Path, config: Any) -> TrainData:
         return TrainData(SegmentationDataset.from_prepared(prepared, "train", binary=config.train.binary,
                                                            transform=segmentation_augment()))
