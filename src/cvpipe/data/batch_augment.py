@@ -1,0 +1,332 @@
+"""Batched augmentation of a whole training batch on its own device (CPU or CUDA, same code): flips,
+scale/translate(/rotate) affine and colour jitter, with boxes, instance masks and semantic masks moved by the
+same per-image matrices. Opt-in; the datasets' per-sample ``transforms.v2`` path is unchanged.
+
+The augmentation family and parameter meanings follow :func:`cvpipe.data.detection_dataset.detection_augment`
+(RandomHorizontalFlip, RandomVerticalFlip, RandomAffine(translate, scale), ColorJitter, ClampBoundingBoxes,
+SanitizeBoundingBoxes(min_size=2)); one random draw per image from a caller's ``torch.Generator``.
+
+Geometry
+--------
+Pixel coordinates are continuous, origin at the top-left corner of the image: pixel (row i, column j) covers
+``[j, j+1) x [i, i+1)`` with its centre at ``(j + 0.5, i + 0.5)``; boxes are ``xyxy`` absolute px in the same
+frame (a box ``(x0, y0, x1, y1)`` covers columns ``x0 .. x1 - 1``). With ``c = (W/2, H/2)`` the image centre,
+flip ``F = diag(±1, ±1)``, scale ``s``, rotation ``R(a)`` (``a`` degrees, counter-clockwise on screen, as
+torchvision) and translation ``t`` (px), each image gets the forward 2x3 matrix ``A = [L | c + t - L c]`` with
+``L = R(a) s F``, i.e. a source point ``p`` lands at ``q = L (p - c) + c + t`` (flip, then scale/rotate about the
+centre, then shift: the order of ``detection_augment``).
+
+``F.affine_grid`` with ``align_corners=False`` uses normalised coordinates ``n = 2 p / size - 1`` per axis, so
+``-1`` and ``+1`` are the outer *edges* of the border pixels and pixel centres sit at ``(2 j + 1) / W - 1``; in
+centred form ``p - c = D n`` with ``D = diag(W/2, H/2)``. ``grid_sample`` needs, for every output location, the
+source location, so the grid matrix is the inverse map written in normalised coordinates::
+
+    theta = [ D^-1 L^-1 D  |  -D^-1 L^-1 t ]          # [B, 2, 3]
+
+Images are sampled with ``padding_mode="zeros"`` from ``image - fill`` and ``fill`` is added back, so the
+exposed border is the letterbox grey (``fill=114``, ``PAD_VALUE`` of prepare). Instance masks use the same
+grid with nearest sampling (outside = 0); semantic masks the same with outside = ``IGNORE_INDEX`` (255).
+
+Boxes: the 4 corners of each box go through ``A``, the enclosing axis-aligned box is taken (exact for flips,
+scale and translation; a superset under rotation, as torchvision), clipped to ``[0, W] x [0, H]``, and boxes
+narrower or shorter than ``min_size`` px after clipping are dropped together with every per-box field of their
+target (labels, masks, mask flags).
+
+Colour
+------
+Brightness ``b``, contrast ``k``, saturation ``s`` (factors drawn uniformly in ``[1 - x, 1 + x]``) and hue ``h``
+(drawn in ``[-x, x]``, fraction of a full turn) are each an affine map of the RGB vector, so per image they
+compose into one 3x3 matrix ``M`` and offset ``o``, applied with a single batched einsum:
+
+- brightness ``v -> b v``;
+- contrast ``v -> k v + (1 - k) mean(gray)`` with the image's mean grey value (as ``ColorJitter``);
+- saturation ``v -> s v + (1 - s) gray(v)``, ``gray = 0.2989 R + 0.587 G + 0.114 B``;
+- hue: a rotation by ``2 pi h`` about the grey axis in YIQ space (a linear stand-in for the HSV shift of
+  ``ColorJitter``; the two agree closely for the small ``|h| <= 0.05`` used here).
+
+Colour acts on the warped image (border included, as in ``detection_augment`` where ColorJitter follows
+RandomAffine). Differences from ``ColorJitter``, all for speed: a fixed order (brightness, contrast, saturation,
+hue) instead of a random permutation, one clamp to ``[0, 255]`` at the end instead of one after each step, and
+the contrast mean taken from the source image on every other pixel (no per-step re-reading of the batch).
+
+Cost per batch is a handful of passes over ``[B, 3, H, W]`` float32 (convert, sample, one ``baddbmm``, clamp,
+convert back); ``out_dtype=torch.float32`` (the models' input, 0..255) skips the last one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Target = dict[str, torch.Tensor]
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One draw per image, every field [B] float32 on the generator's device."""
+
+    hflip: torch.Tensor      # 1.0 = flipped left-right
+    vflip: torch.Tensor      # 1.0 = flipped top-bottom
+    angle: torch.Tensor      # degrees, counter-clockwise
+    scale: torch.Tensor      # isotropic factor
+    tx: torch.Tensor         # px, + = right
+    ty: torch.Tensor         # px, + = down
+    brightness: torch.Tensor  # factor, 1 = unchanged
+    contrast: torch.Tensor    # factor, 1 = unchanged
+    saturation: torch.Tensor  # factor, 1 = unchanged
+    hue: torch.Tensor         # fraction of a turn, 0 = unchanged
+
+    def to(self, device: torch.device) -> "AugmentParams":
+        return AugmentParams(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+    @classmethod
+    def identity(cls, batch: int) -> "AugmentParams":
+        zeros, ones = torch.zeros(batch), torch.ones(batch)
+        return cls(zeros, zeros, zeros, ones, zeros, zeros, ones, ones, ones, zeros)
+
+
+@dataclass(frozen=True)
+class AugmentedBatch:
+    """images: [B, 3, H, W] (uint8, or float32 0..255 with ``out_dtype=torch.float32``); targets: per image
+    dict as given, boxes moved and per-box fields filtered; boxes/valid: padded form [B, M, 4] / [B, M] bool;
+    semantic: [B, H, W] same dtype as given; matrices: forward pixel maps [B, 2, 3]."""
+
+    images: torch.Tensor
+    matrices: torch.Tensor
+    targets: list[Target] | None = None
+    boxes: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    semantic: torch.Tensor | None = None
+
+
+def affine_matrices(params: AugmentParams, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(forward pixel matrices A [B, 2, 3], grid_sample thetas [B, 2, 3]); see the module docstring."""
+    rad = params.angle * (math.pi / 180.0)
+    cos, sin = torch.cos(rad) * params.scale, torch.sin(rad) * params.scale
+    fx, fy = 1.0 - 2.0 * params.hflip, 1.0 - 2.0 * params.vflip
+    # L = R(a) s F; counter-clockwise on screen with y pointing down
+    lin = torch.stack([torch.stack([cos * fx, sin * fy], -1), torch.stack([-sin * fx, cos * fy], -1)], -2)  # [B,2,2]
+    centre = lin.new_tensor([width / 2.0, height / 2.0])
+    shift = torch.stack([params.tx, params.ty], -1)  # [B, 2]
+    forward = torch.cat([lin, (centre + shift - (lin @ centre)).unsqueeze(-1)], -1)  # [B, 2, 3]
+    half = lin.new_tensor([width / 2.0, height / 2.0])
+    inv = torch.linalg.inv(lin)  # [B, 2, 2]
+    inv_norm = inv * half.view(1, 1, 2) / half.view(1, 2, 1)  # D^-1 L^-1 D
+    offset = -(inv @ shift.unsqueeze(-1)).squeeze(-1) / half  # -D^-1 L^-1 t
+    return forward, torch.cat([inv_norm, offset.unsqueeze(-1)], -1)
+
+
+def sampling_grid(theta: torch.Tensor, height: int, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, H, W), align_corners=False)`` built by broadcasting: a [B, H, W, 2] view of
+    planar [B, 2, H, W] storage (``out`` when given), cheaper to write and accepted as is by ``grid_sample``."""
+    batch = theta.shape[0]
+    xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
+    ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
+    planes = torch.empty(batch, 2, height, width, device=theta.device, dtype=theta.dtype) if out is None else out
+    for r in range(2):  # one broadcast add per output coordinate, written in place
+        torch.add((theta[:, r, 0, None] * xs + theta[:, r, 2, None]).view(batch, 1, width),
+                  (theta[:, r, 1, None] * ys).view(batch, height, 1), out=planes[:, r])
+    return planes.permute(0, 2, 3, 1)
+
+
+def transform_boxes(boxes: torch.Tensor, matrices: torch.Tensor, height: int, width: int,
+                    min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """boxes [B, M, 4] xyxy px, forward matrices [B, 2, 3] → (enclosing boxes of the moved corners clipped to the
+    image [B, M, 4], keep [B, M] bool: width and height ≥ ``min_size`` after clipping)."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
+                           torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)], -2)  # [B, M, 4, 2]
+    lin, shift = matrices[:, None, None, :, :2], matrices[:, None, None, :, 2]
+    moved = (lin @ corners.unsqueeze(-1)).squeeze(-1) + shift  # [B, M, 4, 2]
+    lo, hi = moved.amin(-2), moved.amax(-2)  # [B, M, 2]
+    limit = boxes.new_tensor([width, height])
+    lo, hi = torch.minimum(lo.clamp(min=0), limit), torch.minimum(hi.clamp(min=0), limit)
+    out = torch.cat([lo, hi], -1)
+    keep = ((hi - lo) >= min_size).all(-1)
+    return out, keep
+
+
+def colour_matrices(params: AugmentParams, mean_rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (M [B, 3, 3], o [B, 3]) with jittered = M v + o; ``mean_rgb`` [B, 3] of the image it acts on."""
+    batch, dev = mean_rgb.shape[0], mean_rgb.device
+    gray = torch.tensor(GRAY_WEIGHTS, device=dev)
+    eye = torch.eye(3, device=dev).expand(batch, 3, 3)
+    mat, off, mean = eye.clone(), torch.zeros(batch, 3, device=dev), mean_rgb
+    steps = []
+    b, k, s = (p.view(batch, 1, 1) for p in (params.brightness, params.contrast, params.saturation))
+    steps.append((eye * b, torch.zeros(batch, 3, device=dev)))
+    steps.append(None)  # contrast: its offset depends on the mean grey at that point
+    steps.append((eye * s + (1 - s) * gray.view(1, 1, 3), torch.zeros(batch, 3, device=dev)))
+    if bool((params.hue != 0).any()):
+        yiq = torch.tensor(_RGB_TO_YIQ, device=dev)
+        ang = params.hue * (2 * math.pi)
+        rot = torch.zeros(batch, 3, 3, device=dev)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = ang.cos(), -ang.sin(), ang.sin(), ang.cos()
+        hue_mat = torch.where((params.hue == 0).view(batch, 1, 1), eye, torch.linalg.inv(yiq) @ rot @ yiq)
+        steps.append((hue_mat, torch.zeros(batch, 3, device=dev)))
+    for step in steps:
+        if step is None:
+            mean_gray = (mean * gray).sum(-1, keepdim=True)  # [B, 1]
+            step = (eye * k, (1 - k.view(batch, 1)) * mean_gray.expand(batch, 3))
+        step_mat, step_off = step
+        mat = step_mat @ mat
+        off = (step_mat @ off.unsqueeze(-1)).squeeze(-1) + step_off
+        mean = (step_mat @ mean.unsqueeze(-1)).squeeze(-1) + step_off
+    return mat, off
+
+
+class BatchAugment:
+    """Augments whole batches; defaults are those of ``detection_augment`` (except the border, letterbox grey).
+
+    interpolation: "nearest" (``RandomAffine``'s default, and the fastest) or "bilinear", for images only;
+    masks are always nearest. Exact no-op when every range is zero and flip probabilities are 0.
+    """
+
+    def __init__(self, *, hflip: float = 0.5, vflip: float = 0.5, degrees: float = 0.0,
+                 translate: tuple[float, float] = (0.1, 0.1), scale: tuple[float, float] = (0.8, 1.2),
+                 brightness: float = 0.25, contrast: float = 0.25, saturation: float = 0.25, hue: float = 0.04,
+                 fill: float = 114.0, ignore_index: int = 255, min_size: float = 2.0,
+                 interpolation: str = "nearest", out_dtype: torch.dtype = torch.uint8) -> None:
+        if interpolation not in ("nearest", "bilinear"):
+            raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+        if out_dtype not in (torch.uint8, torch.float32):
+            raise ValueError(f"out_dtype must be torch.uint8 or torch.float32, got {out_dtype}")
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must be 0 < low <= high, got {scale}")
+        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        self.hflip, self.vflip, self.degrees, self.translate, self.scale = hflip, vflip, degrees, translate, scale
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.fill, self.ignore_index, self.min_size = fill, ignore_index, min_size
+        self.interpolation, self.out_dtype = interpolation, out_dtype
+        # float scratch buffers reused across calls of one batch shape: allocating ~10 MB per call costs page
+        # faults comparable to the arithmetic itself on CPU; nothing returned ever aliases them
+        self._scratch: dict[tuple, torch.Tensor] = {}
+
+    def _buffer(self, name: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """A float32 scratch tensor of ``like``'s shape and strides (or a contiguous ``shape``)."""
+        key = (name, like.device, tuple(like.shape), like.stride(), shape)
+        if key not in self._scratch:
+            self._scratch = {k: v for k, v in self._scratch.items() if k[0] != name}  # one shape per name
+            self._scratch[key] = (torch.empty_like(like, dtype=torch.float32) if shape is None
+                                  else torch.empty(shape, device=like.device, dtype=torch.float32))
+        return self._scratch[key]
+
+    def draw(self, batch: int, height: int, width: int, generator: torch.Generator) -> AugmentParams:
+        """One draw per image, on the generator's device (so a seed gives the same draws on any data device)."""
+        u = torch.rand(batch, 10, generator=generator, device=generator.device)
+
+        def span(col: int, lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * u[:, col]
+
+        return AugmentParams(
+            hflip=(u[:, 0] < self.hflip).float(), vflip=(u[:, 1] < self.vflip).float(),
+            angle=span(2, -self.degrees, self.degrees), scale=span(3, *self.scale),
+            tx=span(4, -self.translate[0], self.translate[0]) * width,
+            ty=span(5, -self.translate[1], self.translate[1]) * height,
+            brightness=span(6, 1 - self.brightness, 1 + self.brightness),
+            contrast=span(7, 1 - self.contrast, 1 + self.contrast),
+            saturation=span(8, 1 - self.saturation, 1 + self.saturation), hue=span(9, -self.hue, self.hue))
+
+    def __call__(self, images: torch.Tensor, targets: list[Target] | None = None, *,
+                 boxes: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                 semantic: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 params: AugmentParams | None = None) -> AugmentedBatch:
+        """images uint8 [B, 3, H, W] or [B, H, W, 3]; targets: per image {"boxes": [N, 4] xyxy px, ...} where every
+        tensor with N rows is per-box (labels, has_mask) and "masks" [N, H, W] are instance masks; or padded
+        ``boxes`` [B, M, 4] with ``valid`` [B, M] bool; ``semantic`` [B, H, W] class ids. Give ``generator`` (or
+        fixed ``params``)."""
+        if images.dim() != 4 or 3 not in (images.shape[1], images.shape[-1]):
+            raise ValueError(f"images must be [B, 3, H, W] or [B, H, W, 3], got {tuple(images.shape)}")
+        nchw = images if images.shape[1] == 3 else images.permute(0, 3, 1, 2)
+        batch, _, height, width = nchw.shape
+        if params is None:
+            if generator is None:
+                raise ValueError("BatchAugment needs a torch.Generator (or explicit params)")
+            params = self.draw(batch, height, width, generator)
+        params = params.to(images.device)
+        forward, theta = affine_matrices(params, height, width)
+        grid = sampling_grid(theta, height, width, out=self._buffer("grid", nchw, (batch, 2, height, width)))
+
+        src = self._buffer("src", nchw).copy_(nchw).sub_(self.fill)  # zero padding of grid_sample → fill
+        mean_rgb = src[:, :, ::2, ::2].mean((2, 3)) + self.fill  # [B, 3], every other pixel: plenty for a mean
+        warped = F.grid_sample(src, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
+        mat, off = colour_matrices(params, mean_rgb)
+        bias = mat.sum(-1) * self.fill + off  # M (v + fill) + o = M v + (M fill + o), [B, 3]
+        if self.out_dtype == torch.uint8:
+            bias = bias + 0.5  # round half up by the truncation to uint8 below
+        flat = warped.view(batch, 3, height * width)
+        mixed = torch.baddbmm(bias.unsqueeze(-1), mat, flat, out=self._buffer("out", flat))  # [B, 3, H*W]
+        mixed = mixed.clamp_(0.0, 255.0).view(batch, 3, height, width)
+        # the fresh grid_sample output is what a float caller gets back (no second large allocation)
+        out = mixed.to(torch.uint8) if self.out_dtype == torch.uint8 else warped.copy_(mixed)
+
+        result = {"images": out, "matrices": forward}
+        if targets is not None:
+            result["targets"] = self._targets(targets, forward, grid, height, width)
+        if boxes is not None:
+            if valid is None or valid.shape != boxes.shape[:2]:
+                raise ValueError(f"padded boxes {tuple(boxes.shape)} need a valid mask [B, M]")
+            moved, keep = transform_boxes(boxes.float(), forward, height, width, self.min_size)
+            result["boxes"], result["valid"] = moved, valid & keep
+        if semantic is not None:
+            result["semantic"] = self._warp_labels(semantic.unsqueeze(1), grid, float(self.ignore_index)).squeeze(1)
+        return AugmentedBatch(**result)
+
+    @staticmethod
+    def _warp_labels(labels: torch.Tensor, grid: torch.Tensor, outside: float) -> torch.Tensor:
+        """Integer maps [B, C, H, W] through the grid, nearest; ``outside`` where the source is off the image."""
+        shifted = labels.float().sub_(outside)
+        warped = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        return warped.add_(outside).round_().to(labels.dtype)
+
+    def _targets(self, targets: list[Target], forward: torch.Tensor, grid: torch.Tensor, height: int,
+                 width: int) -> list[Target]:
+        if len(targets) != forward.shape[0]:
+            raise ValueError(f"{forward.shape[0]} images but {len(targets)} targets")
+        counts = torch.tensor([len(t["boxes"]) for t in targets])
+        most = int(counts.max()) if len(targets) else 0
+        owner = torch.repeat_interleave(torch.arange(len(targets)), counts)  # [K] image of each box
+        slot = torch.arange(len(owner)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # [K]
+        owner, slot = owner.to(forward.device), slot.to(forward.device)
+        padded = forward.new_zeros(len(targets), max(most, 1), 4)
+        if len(owner):
+            padded[owner, slot] = torch.cat([t["boxes"].reshape(-1, 4) for t in targets]).to(padded)
+        moved, keep = transform_boxes(padded, forward, height, width, self.min_size)
+        keep_flat = keep[owner, slot]  # [K]
+        kept_counts = torch.zeros(len(targets), dtype=torch.long, device=keep.device).index_add_(
+            0, owner, keep_flat.long()).tolist()
+        moved_flat = moved[owner, slot][keep_flat]
+        counts = counts.tolist()
+        warped_masks = None
+        if any("masks" in t for t in targets):
+            stack = forward.new_zeros(len(targets), max(most, 1), height, width, dtype=torch.uint8)
+            for i, t in enumerate(targets):
+                if "masks" in t:
+                    stack[i, :counts[i]] = t["masks"]
+            warped_masks = self._warp_labels(stack, grid, 0.0)  # [B, M, H, W]
+        per_box = [name for name, v in targets[0].items() if name not in ("boxes", "masks") and torch.is_tensor(v)
+                   and all(torch.is_tensor(t.get(name)) and t[name].dim() > 0 and len(t[name]) == n
+                           for t, n in zip(targets, counts))]
+        split = {"boxes": moved_flat.split(kept_counts)}
+        for name in per_box:  # labels, has_mask, ...: gathered once, filtered once, split per image
+            split[name] = torch.cat([t[name] for t in targets]).to(keep.device)[keep_flat].split(kept_counts)
+        out = []
+        for i, t in enumerate(targets):
+            k = keep[i, :counts[i]]
+            item = {name: (v[k] if torch.is_tensor(v) and v.dim() > 0 and len(v) == counts[i] else v)
+                    for name, v in t.items() if name not in split and name != "masks"}  # fields only some have
+            item.update({name: parts[i] for name, parts in split.items()})
+            item["boxes"] = item["boxes"].to(t["boxes"].dtype)
+            if warped_masks is not None and "masks" in t:
+                item["masks"] = warped_masks[i, :counts[i]][k].to(t["masks"].dtype)
+            out.append(item)
+        return out
