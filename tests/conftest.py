@@ -49,8 +49,9 @@ def assert_detector_onnx_parity(model: torch.nn.Module, path: Path, image_size: 
     """Export ``model`` (decode in the graph) at batch 2, run batch 3 in onnxruntime, compare with PyTorch."""
     import numpy as np
 
-    from cvpipe.export import export_onnx, onnx_session, run_onnx
+    from cvpipe.export import export_onnx
     from cvpipe.models.detector import DecodedDetector
+    from cvpipe.onnx_inference import onnx_session, run_onnx
 
     images = torch.rand(3, 3, image_size, image_size) * 255
     export_onnx(DecodedDetector(model.eval()), images[:2], path, opset=18, output_names=("boxes", "scores"))

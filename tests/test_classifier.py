@@ -10,7 +10,8 @@ from cvpipe import engine
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
 from cvpipe.device import resolve_runtime
-from cvpipe.export import export_onnx, onnx_metadata, onnx_session, run_onnx
+from cvpipe.export import export_onnx
+from cvpipe.onnx_inference import onnx_metadata, onnx_session, run_onnx
 from cvpipe.models.classifier import SmallResNet
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.weights import load_pretrained

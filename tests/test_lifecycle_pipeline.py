@@ -65,7 +65,7 @@ def test_the_registered_champion_serves_the_exported_onnx_with_its_processing(re
     import mlflow
     import numpy as np
 
-    from cvpipe.export import onnx_session, run_onnx
+    from cvpipe.onnx_inference import onnx_session, run_onnx
 
     repo, _, _ = retrained
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")

@@ -62,7 +62,7 @@ def _images(folder):
 
 
 def _task_of(model_dir):
-    from cvpipe.export import onnx_metadata, onnx_session
+    from cvpipe.onnx_inference import onnx_metadata, onnx_session
 
     return onnx_metadata(onnx_session(model_dir / "model.onnx"))["task"]
 
@@ -85,7 +85,7 @@ def test_predict_on_a_folder_matches_the_pyfunc_image_by_image(arch, exported, i
     pyfunc = OnnxVisionModel()
     pyfunc.load_onnx(model_dir / "model.onnx", task=task)
     images = _images(folder)
-    assert len(list((out / "overlays").rglob("*.png"))) == 3
+    assert len(list((out / "overlays").rglob("*.jpg"))) == 3
 
     if task == "classification":
         rows = {r["file"]: r for r in csv.DictReader((out / "predictions.csv").open())}
@@ -147,6 +147,33 @@ def test_predict_command_runs_from_the_shell_with_a_glob(exported, image_folder,
     assert "Traceback" not in done.stderr
     assert "2 images predicted" in done.stdout  # img0.png and nested/img2.png; empty.png skipped
     assert "1 skipped" in done.stdout and "empty.png" in (out / "skipped.csv").read_text()
+
+
+TORCH_FREE_RUN = """
+import json, sys
+from cvpipe.cli import main
+for arguments in json.loads(sys.argv[1]):
+    assert main(["predict", *arguments, "--quiet", "--no-overlays"]) == 0, arguments
+print(json.dumps({"torch": "torch" in sys.modules, "torchvision": "torchvision" in sys.modules,
+                  "mlflow": "mlflow" in sys.modules}))
+"""
+
+
+def test_predict_from_an_onnx_file_never_imports_torch_or_mlflow(exported, image_folder, tmp_path):
+    """One model of each task, from its model folder and as a bare .onnx file: the whole predict path (decode,
+    letterbox, onnxruntime, NMS, mask assembly, writers) runs without torch, so it starts in about a second."""
+    runs = []
+    for arch in ONE_PER_TASK:
+        task = _task_of(exported[arch])
+        folder = image_folder / ("crops" if task == "classification" else "scenes")
+        loose = ["--score-threshold", "0.0001"] if task in ("detection", "instance_segmentation") else []
+        for model in (exported[arch], exported[arch] / "model.onnx"):
+            runs.append([str(folder), "--model", str(model), "--out", str(tmp_path / str(len(runs))), *loose])
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE_RUN, json.dumps(runs)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"torch": False, "torchvision": False, "mlflow": False}
+    assert all(json.loads((tmp_path / str(i) / "predict.json").read_text())["images"] == 3 for i in range(len(runs)))
 
 
 def _b64(image: np.ndarray, fmt: str) -> str:

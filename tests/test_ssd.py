@@ -11,7 +11,8 @@ from torchvision.ops import box_iou
 
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
-from cvpipe.export import export_onnx, onnx_session, run_onnx
+from cvpipe.export import export_onnx
+from cvpipe.onnx_inference import onnx_session, run_onnx
 from cvpipe.losses.ssd import SSDMultiBoxLoss, hard_negative_mask
 from cvpipe.matching.default_boxes import (BACKGROUND, DefaultBoxes, assign_default_boxes, assign_from_iou,
                                            decode_offsets, encode_offsets, ssd_scales)

@@ -14,7 +14,7 @@ from cvpipe import engine
 from cvpipe.code_fingerprint import model_sources
 from cvpipe.data.arrays import load_array
 from cvpipe.errors import ConfigError
-from cvpipe.export import onnx_metadata, onnx_session
+from cvpipe.onnx_inference import onnx_metadata, onnx_session
 from cvpipe.registry import ARCHITECTURES, Architecture, architecture, get_task, registered
 from cvpipe.serving import OnnxVisionModel
 from tests.conftest import model_config, run_model_stages

@@ -10,7 +10,8 @@ import torch
 
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
-from cvpipe.export import export_onnx, onnx_session, run_onnx
+from cvpipe.export import export_onnx
+from cvpipe.onnx_inference import onnx_session, run_onnx
 from cvpipe.losses.segmentation import SegmentationLoss
 from cvpipe.metrics.segmentation import segmentation_scores, update_confusion
 from cvpipe.models.preprocess import to_model_input

@@ -213,7 +213,8 @@ def test_overfits_four_prepared_images(tiny_prepared):
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
-    from cvpipe.export import export_onnx, onnx_session, run_onnx
+    from cvpipe.export import export_onnx
+    from cvpipe.onnx_inference import onnx_session, run_onnx
 
     model = _model().eval()
     images = torch.rand(3, 3, 64, 64) * 255

@@ -34,8 +34,9 @@ from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
 from cvpipe.device import CPU, Runtime
 from cvpipe.errors import ConfigError, ParityError
-from cvpipe.export import export_onnx, onnx_latency_ms, onnx_session
+from cvpipe.export import export_onnx
 from cvpipe.models.preprocess import to_model_input
+from cvpipe.onnx_inference import onnx_latency_ms, onnx_session
 from cvpipe.registry import get_task
 from cvpipe.task_config import dump_config, load_model_config
 from cvpipe.tasks.base import StageOutcome, Task, Trained, latency_ms, numeric, write_json

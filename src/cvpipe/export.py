@@ -1,4 +1,4 @@
-"""ONNX export (dynamic batch axis), onnxruntime sessions, parity and latency.
+"""ONNX export (dynamic batch axis) with metadata; sessions, runs and latency: :mod:`cvpipe.onnx_inference`.
 
 The exported graph takes the same input as the PyTorch model (float32 [B, 3, H, W] pixels in 0..255,
 see :mod:`cvpipe.models.preprocess`), so one preprocessing function serves both paths. Metadata
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -49,35 +47,3 @@ def save_onnx(proto: Any, path: str | Path, metadata: dict[str, Any]) -> Path:
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return Path(path)
-
-
-def onnx_session(path: str | Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_metadata(session: Any) -> dict[str, Any]:
-    """Metadata written by :func:`export_onnx`, decoded from JSON."""
-    return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-
-
-def run_onnx(session: Any, inputs: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
-    """Run the session over ``inputs`` in batches; returns each output concatenated over the batch axis."""
-    name = session.get_inputs()[0].name
-    chunks = [session.run(None, {name: inputs[s:s + batch_size]}) for s in range(0, len(inputs), batch_size)]
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
-
-
-def onnx_latency_ms(session: Any, example: np.ndarray, runs: int) -> dict[str, float]:
-    """p50/p95 wall time in ms of one session run on ``example`` (after warm-up)."""
-    name = session.get_inputs()[0].name
-    times = []
-    for i in range(runs + 3):
-        started = time.perf_counter()
-        session.run(None, {name: example})
-        if i >= 3:
-            times.append((time.perf_counter() - started) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}

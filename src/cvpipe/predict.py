@@ -2,9 +2,9 @@
 
 MODEL is an MLflow model URI (``models:/cvpipe-yolo@champion``, ``models:/cvpipe-yolo/3``, ``runs:/<id>/model``),
 a pipeline model folder (``models/yolo``: its ``model.onnx``) or an exported ``.onnx`` file. All of them run the
-same ONNX graph with the same pre- and post-processing as the registered pyfunc (:mod:`cvpipe.serving`), with the
-tuned thresholds unless overridden. What is written per task: :mod:`cvpipe.prediction_writers`; plus
-``predict.json`` (counts, throughput, the model, the thresholds used) and ``skipped.csv`` (every file that could
+same ONNX graph with the same pre- and post-processing as the registered pyfunc
+(:mod:`cvpipe.onnx_predictor`), with the tuned thresholds unless overridden. What is written per task:
+:mod:`cvpipe.prediction_writers`; plus ``predict.json`` (counts, throughput, the model, the thresholds used) and ``skipped.csv`` (every file that could
 not be read, and why: reported and skipped, never a traceback).
 """
 
@@ -28,8 +28,9 @@ class PredictError(Exception):
 
 
 def load_predictor(model: str) -> Any:
-    """The :class:`cvpipe.serving.OnnxVisionModel` that ``model`` names (see the module docstring)."""
-    from cvpipe.serving import OnnxVisionModel
+    """The :class:`cvpipe.onnx_predictor.OnnxPredictor` that ``model`` names (see the module docstring). Only a
+    registry URI imports MLflow; an ONNX file or model folder loads without MLflow or torch."""
+    from cvpipe.onnx_predictor import OnnxPredictor
 
     if model.startswith(("models:/", "runs:/")):
         import mlflow.pyfunc
@@ -42,7 +43,7 @@ def load_predictor(model: str) -> Any:
             loaded = mlflow.pyfunc.load_model(model).unwrap_python_model()
         except (MlflowException, OSError) as exc:
             raise PredictError(f"cannot load {model} from {tracking.tracking_uri()}: {exc}") from None
-        if not isinstance(loaded, OnnxVisionModel):
+        if not isinstance(loaded, OnnxPredictor):
             raise PredictError(f"{model} is not a cvpipe model (its pyfunc is {type(loaded).__name__})")
         return loaded
     path = Path(model)
@@ -51,14 +52,11 @@ def load_predictor(model: str) -> Any:
     if path.suffix != ".onnx" or not path.is_file():
         raise PredictError(f"--model {model}: not an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION), "
                            f"a pipeline model folder with a model.onnx, or an .onnx file")
-    from cvpipe.export import onnx_metadata, onnx_session
-
-    task = onnx_metadata(onnx_session(path)).get("task")
-    if not task:
-        raise PredictError(f"{path} does not say its task (exported by an older cvpipe): re-run `dvc repro "
-                           f"export@<model>`, or load it through the registry (models:/...)")
-    predictor = OnnxVisionModel()
-    predictor.load_onnx(path, task=task)
+    predictor = OnnxPredictor()
+    try:
+        predictor.load_onnx(path)
+    except ValueError as exc:
+        raise PredictError(f"--model {model}: {exc}") from None
     return predictor
 
 

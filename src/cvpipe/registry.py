@@ -3,8 +3,9 @@ config, architecture names (``models.<name>.train.arch``) to their model builder
 
 Entries are ``"module:attribute"`` strings, imported only when used, so reading params (and failing on a bad
 one) never pays for torch. Adding an architecture of an existing task is one model file, one loss file and
-one line in :data:`ARCHITECTURES`; adding a task is one task file, its config classes and one line in
-:data:`TASKS`. Nothing else dispatches on task or architecture names.
+one line in :data:`ARCHITECTURES`; adding a task is one task file, its torch-free serving file
+(``cvpipe/tasks/serving/``), its config classes and one line in :data:`TASKS`. Nothing else dispatches on task or
+architecture names.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cvpipe.errors import ConfigError
 class TaskEntry:
     implementation: str  # "module:Class" of the Task
     config: str  # "module:Class" of the typed models.<name> section
+    serving: str  # "module:Class" of its torch-free serving side (a base class of the Task)
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,15 @@ class Architecture:
 
 
 TASKS: dict[str, TaskEntry] = {
-    "classification": TaskEntry("cvpipe.tasks.classification:ClassificationTask", "cvpipe.task_config:ClassifierConfig"),
-    "detection": TaskEntry("cvpipe.tasks.detection:DetectionTask", "cvpipe.task_config:DetectorConfig"),
-    "segmentation": TaskEntry("cvpipe.tasks.segmentation:SegmentationTask", "cvpipe.task_config:SegmenterConfig"),
+    "classification": TaskEntry("cvpipe.tasks.classification:ClassificationTask", "cvpipe.task_config:ClassifierConfig",
+                                "cvpipe.tasks.serving.classification:ClassificationServing"),
+    "detection": TaskEntry("cvpipe.tasks.detection:DetectionTask", "cvpipe.task_config:DetectorConfig",
+                           "cvpipe.tasks.serving.detection:DetectionServing"),
+    "segmentation": TaskEntry("cvpipe.tasks.segmentation:SegmentationTask", "cvpipe.task_config:SegmenterConfig",
+                              "cvpipe.tasks.serving.segmentation:SegmentationServing"),
     "instance_segmentation": TaskEntry("cvpipe.tasks.instance_segmentation:InstanceSegmentationTask",
-                                       "cvpipe.task_config:InstanceSegmenterConfig"),
+                                       "cvpipe.task_config:InstanceSegmenterConfig",
+                                       "cvpipe.tasks.serving.instance_segmentation:InstanceSegmentationServing"),
 }
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -70,6 +76,12 @@ def task_config_class(task: str, where: str = "task") -> type:
 def get_task(task: str) -> Any:
     """The :class:`cvpipe.tasks.base.Task` implementation of ``task`` (an instance)."""
     return resolve(task_entry(task).implementation)()
+
+
+def get_serving(task: str) -> Any:
+    """The torch-free serving side of ``task`` (a :class:`cvpipe.tasks.serving.base.ServedTask` instance), for the
+    served model and ``cvpipe predict``."""
+    return resolve(task_entry(task).serving)()
 
 
 def architecture(arch: str, task: str, where: str = "models.<name>.train") -> Architecture:

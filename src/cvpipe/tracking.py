@@ -373,7 +373,7 @@ def register_onnx_model(onnx_path: str | Path, *, registered_name: str, task: st
     for key, value in {"task": task, **tags}.items():
         client.set_model_version_tag(registered_name, version, key, value)
     client.set_registered_model_alias(registered_name, alias, version)
-    from cvpipe.export import onnx_metadata, onnx_session
+    from cvpipe.onnx_inference import onnx_metadata, onnx_session
 
     meta = onnx_metadata(onnx_session(onnx_path))
     client.update_model_version(registered_name, version, description=version_description(

@@ -41,7 +41,7 @@ def scorer(pyfunc: Any, task: str, metric: str, prepared: Path) -> Scorer:
 
 def latency_ms(pyfunc: Any, task: str, prepared: Path, runs: int) -> float:
     """p50 ms of one ONNX session run on one test input (the graph only, as the export stage measures)."""
-    from cvpipe.export import onnx_latency_ms
+    from cvpipe.onnx_inference import onnx_latency_ms
 
     model = pyfunc.unwrap_python_model()
     batch, _ = model.to_input(test_inputs(task, prepared)[:1])

@@ -19,11 +19,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -152,8 +150,9 @@ def _pr_curve(evaluator: COCOeval) -> dict[str, Any]:
     return {"iou": 0.5, "recall": evaluator.params.recThrs.tolist(), "precision": mean.tolist()}
 
 
-def _to_numpy(x: torch.Tensor | np.ndarray | Sequence) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+def _to_numpy(x: Any) -> np.ndarray:
+    """A torch tensor (on any device), array or sequence as an array; torch is not imported for this."""
+    if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
 

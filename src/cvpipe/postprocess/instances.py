@@ -1,19 +1,22 @@
 """Instance segmentation post-processing: dense outputs of a mask-predicting detector (PyTorch or onnxruntime) →
-final instances per image (boxes, classes, scores, one binary mask each as COCO RLE), and mask comparisons."""
+final instances per image (boxes, classes, scores, one binary mask each as COCO RLE), and mask comparisons.
+
+Two implementations of the same steps: torchvision's NMS with the PyTorch mask assembly (training, evaluation,
+tuning, export parity) and their numpy twins (``torch_free=True``: the served model and ``cvpipe predict``, which
+start without importing torch); ``tests/test_nms.py`` holds them to the same answers. torch is imported only
+when the PyTorch path runs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 
 from cvpipe.data.masks import encode_masks, pycocotools_rle
-from cvpipe.postprocess.detections import select_detections
-from cvpipe.postprocess.instance_masks import mask_probabilities
 
 
 @dataclass
@@ -36,28 +39,51 @@ def dense_from_arrays(boxes: np.ndarray, scores: np.ndarray, coeffs: np.ndarray,
     return DenseInstances(boxes, scores, coeffs, protos, image_size=tuple(image_size))
 
 
+def _torch_steps() -> tuple[Callable, Callable]:
+    """(select, probabilities) of the PyTorch path, numpy in and out."""
+    import torch
+
+    from cvpipe.postprocess.detections import select_detections
+    from cvpipe.postprocess.instance_masks import mask_probabilities
+
+    def select(boxes: np.ndarray, scores: np.ndarray, **kwargs: Any) -> list[dict[str, np.ndarray]]:
+        found = select_detections(torch.from_numpy(boxes), torch.from_numpy(scores), **kwargs)
+        return [{k: v.numpy() for k, v in d.items()} for d in found]
+
+    def probabilities(*args: Any) -> np.ndarray:
+        return mask_probabilities(*args).numpy()
+
+    return select, probabilities
+
+
+def _numpy_steps() -> tuple[Callable, Callable]:
+    from cvpipe.postprocess import instance_masks_numpy, nms
+
+    return nms.select_detections, instance_masks_numpy.mask_probabilities
+
+
 def iter_instances(dense: DenseInstances, *, score_threshold: float, iou_threshold: float | None,
-                   max_detections: int, mask_thresholds: tuple[float, ...]) -> Iterator[dict[str, Any]]:
+                   max_detections: int, mask_thresholds: tuple[float, ...],
+                   torch_free: bool = False) -> Iterator[dict[str, Any]]:
     """Per image, the selected detections (shared NMS post-processing) with their masks as COCO RLE, one list
     per mask threshold: {"boxes", "scores", "labels", "rles": {τ: [RLE, ...]}}. Probabilities are computed
     once per image and thresholded for every τ, and masks never pile up in memory."""
+    select, probabilities = _numpy_steps() if torch_free else _torch_steps()
     for i in range(len(dense)):
-        det = select_detections(torch.from_numpy(dense.boxes[i:i + 1]), torch.from_numpy(dense.scores[i:i + 1]),
-                                score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                max_detections=max_detections, return_candidates=True)[0]
-        probs = mask_probabilities(dense.protos[i], dense.coeffs[i][det["candidates"].numpy()], det["boxes"],
-                                   dense.image_size).numpy()
+        det = select(dense.boxes[i:i + 1], dense.scores[i:i + 1], score_threshold=score_threshold,
+                     iou_threshold=iou_threshold, max_detections=max_detections, return_candidates=True)[0]
+        probs = probabilities(dense.protos[i], dense.coeffs[i][det["candidates"]], det["boxes"], dense.image_size)
         rles = {tau: encode_masks(probs > tau) for tau in mask_thresholds}
-        yield {"boxes": det["boxes"].numpy(), "scores": det["scores"].numpy(), "labels": det["labels"].numpy(),
-               "rles": rles}
+        yield {"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"], "rles": rles}
 
 
 def select_instances(dense: DenseInstances, *, score_threshold: float, iou_threshold: float | None,
-                     max_detections: int, mask_threshold: float) -> list[dict[str, Any]]:
+                     max_detections: int, mask_threshold: float, torch_free: bool = False) -> list[dict[str, Any]]:
     """Final instances per image: boxes [D, 4], scores [D], labels [D] and "segmentations" (D COCO RLEs)."""
     out = []
     for det in iter_instances(dense, score_threshold=score_threshold, iou_threshold=iou_threshold,
-                              max_detections=max_detections, mask_thresholds=(mask_threshold,)):
+                              max_detections=max_detections, mask_thresholds=(mask_threshold,),
+                              torch_free=torch_free):
         out.append({"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"],
                     "segmentations": det["rles"][mask_threshold]})
     return out

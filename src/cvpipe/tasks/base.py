@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cvpipe.device import Runtime, eval_mode
+from cvpipe.tasks.serving.base import ServedTask
 
 
 @dataclass
@@ -86,15 +87,16 @@ class Parity:
     problems: list[str]
 
 
-class Task(ABC):
-    """One vision task's side of the stage contract (see the module docstring)."""
+class Task(ServedTask):
+    """One vision task's side of the stage contract (see the module docstring); the serving part (``serve``,
+    ``output_schema``, ``combine_served``, ``prediction_writer``, ``serving_params``) is inherited from the task's
+    torch-free :class:`cvpipe.tasks.serving.base.ServedTask`."""
 
     name: ClassVar[str]
     input_array: ClassVar[str] = "images"  # prepared array the model reads
     meta_keys: ClassVar[tuple[str, ...]] = ("class_names", "mean", "std", "image_size", "data_hash")
     final_metrics: ClassVar[tuple[str, ...]]  # validation metrics of the last epoch reported as final_<name>
     onnx_outputs: ClassVar[tuple[str, ...]] = ("logits",)
-    serving_params: ClassVar[dict[str, Any]] = {}  # run-time overrides of the pyfunc and their "unset" defaults
 
     # -- model ------------------------------------------------------------------------------------------------
     def class_names(self, config: Any, meta: dict[str, Any]) -> list[str]:
@@ -147,17 +149,6 @@ class Task(ABC):
 
     # -- serving and promotion -----------------------------------------------------------------------------------
     @abstractmethod
-    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
-              input_size: tuple[int, int], scales: list[float], class_names: list[str],
-              meta: dict[str, Any]) -> Any:
-        """The pyfunc's answer for one batch: ONNX ``outputs`` post-processed with ``settings(key)`` (tuned
-        thresholds or run-time overrides), mapped back to the caller's ``image_size`` (letterbox ``scales``)."""
-
-    @abstractmethod
-    def output_schema(self) -> Any:
-        """The pyfunc's MLflow output schema."""
-
-    @abstractmethod
     def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
         """A :class:`cvpipe.lifecycle.bootstrap.Scorer` of ``pyfunc``'s per-image results on the test split."""
 
@@ -165,24 +156,6 @@ class Task(ABC):
         """Data facts the architecture's builder takes for its initialisation only (e.g. a class prior measured
         on the training split); a trained model is rebuilt without them, its weights replace the init."""
         return {}
-
-    def resize_for_serving(self) -> str:
-        """How served images of another size reach the input size: "letterbox" (scenes) or "resize" (crops)."""
-        return "letterbox"
-
-    def combine_served(self, answers: list[Any], *, encoded: bool) -> Any:
-        """One answer for a request from :meth:`serve`'s per-image answers (each for one image); ``encoded``: the
-        request sent encoded files (sizes may differ). Default: the one-row DataFrames stacked."""
-        import pandas as pd
-
-        if not answers:
-            return pd.DataFrame(columns=self.output_schema().input_names())
-        return pd.concat(answers, ignore_index=True)
-
-    @abstractmethod
-    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
-        """The :class:`cvpipe.prediction_writers.PredictionWriter` that ``cvpipe predict`` fills with this task's
-        per-image answers."""
 
 
 def write_json(path: Path, data: object) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -24,11 +24,12 @@ from torch import nn
 from cvpipe.data.arrays import CropDataset, load_array
 from cvpipe.data.transforms import classification_augment
 from cvpipe.device import Runtime
-from cvpipe.export import run_onnx
+from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_probs
 from cvpipe.metrics.classification import confusion_matrix, per_class_precision_recall, topk_accuracy
 from cvpipe.plots import save_confusion_matrix, save_curve, save_prediction_grid
 from cvpipe.tasks.base import Evaluation, Parity, Task, TrainData, Trained, Tuning, write_json
+from cvpipe.tasks.serving.classification import ClassificationServing
 from cvpipe.tuning.reject_threshold import accepted_precision, choose_reject_threshold
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,11 @@ def _labels(prepared: Path, split: str) -> np.ndarray:
     return np.asarray(load_array(prepared, split, "crop_labels"))
 
 
-class ClassificationTask(Task):
+class ClassificationTask(ClassificationServing, Task):
     name = "classification"
     input_array = "crops"
     meta_keys = ("class_names", "mean", "std", "crop_size", "data_hash")
     final_metrics = ("val_top1",)
-    serving_params: ClassVar[dict[str, Any]] = {"reject_threshold": -1.0}
 
     def train_data(self, prepared: Path, config: Any) -> TrainData:
         return TrainData(CropDataset.from_prepared(prepared, "train", transform=classification_augment()))
@@ -126,31 +126,6 @@ class ClassificationTask(Task):
         if agreement < tolerances.min_top1_agreement:
             problems.append(f"top-1 agreement {agreement:.4f} < {tolerances.min_top1_agreement}")
         return Parity({"max_abs_diff": max_diff, "top1_agreement": agreement}, problems)
-
-    def resize_for_serving(self) -> str:
-        return "resize"  # crops: plain resize, as the prepare stage's object crops
-
-    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
-              input_size: tuple[int, int], scales: list[float], class_names: list[str],
-              meta: dict[str, Any]) -> pd.DataFrame:
-        from scipy.special import softmax
-
-        probs = softmax(outputs[0], axis=1)
-        labels, scores = probs.argmax(axis=1), probs.max(axis=1)
-        threshold = settings("reject_threshold") or 0.0
-        return pd.DataFrame({"label": labels.astype(np.int64), "class_name": [class_names[i] for i in labels],
-                             "score": scores.astype(np.float64), "accepted": scores >= threshold})
-
-    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
-        from cvpipe.prediction_writers import ClassificationWriter
-
-        return ClassificationWriter(out_dir, class_names, overlays=overlays)
-
-    def output_schema(self) -> Any:
-        from mlflow.types.schema import ColSpec, DataType, Schema
-
-        return Schema([ColSpec(DataType.long, "label"), ColSpec(DataType.string, "class_name"),
-                       ColSpec(DataType.double, "score"), ColSpec(DataType.boolean, "accepted")])
 
     def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
         """One object crop per unit: ``top1`` = arg-max label equals the crop's label (reject threshold ignored)."""

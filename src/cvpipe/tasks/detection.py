@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -25,13 +25,14 @@ from cvpipe.data.arrays import load_array
 from cvpipe.data.detection_dataset import DetectionDataset, collate_detection, detection_augment
 from cvpipe.data.ground_truth import detection_targets, load_ground_truth
 from cvpipe.device import CPU, Runtime
-from cvpipe.export import run_onnx
+from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_dense
 from cvpipe.metrics.detection import COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores
 from cvpipe.models.detector import DecodedDetector
 from cvpipe.plots import save_curve, save_detection_overlays, save_grid_curves
 from cvpipe.postprocess.detections import select_detections_numpy as select
 from cvpipe.tasks.base import Evaluation, Parity, Task, TrainData, Trained, Tuning, write_json
+from cvpipe.tasks.serving.detection import DetectionServing
 from cvpipe.tuning.detection_thresholds import count_matches, tune_detection_thresholds
 
 STATS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar1", "ar10", "ar100", "ar_small",
@@ -94,14 +95,6 @@ def parity_problems(tol: Any, *, box_diff: float, score_diff: float, same: bool,
     return problems
 
 
-def append_detections(rows: dict[str, list], det: dict[str, np.ndarray], scale: float, class_names: list[str]) -> None:
-    """One image's boxes (back on the caller's pixel grid), scores, labels and class names as row cells."""
-    rows["boxes"].append((det["boxes"].astype(np.float64) / scale).tolist())
-    rows["scores"].append(det["scores"].astype(np.float64).tolist())
-    rows["labels"].append(det["labels"].astype(np.int64).tolist())
-    rows["class_names"].append([class_names[i] for i in det["labels"]])
-
-
 def served_coco_results(pyfunc: Any, prepared: Path, with_masks: bool) -> tuple[dict[str, Any], list[dict]]:
     """The test split's COCO ground truth and ``pyfunc``'s COCO-protocol results on the test images."""
     from cvpipe.metrics.detection import detections_to_coco
@@ -116,13 +109,10 @@ def served_coco_results(pyfunc: Any, prepared: Path, with_masks: bool) -> tuple[
     return gt, detections_to_coco(dets, image_ids, [c["id"] for c in gt["categories"]])
 
 
-class DetectionTask(Task):
+class DetectionTask(DetectionServing, Task):
     name = "detection"
     final_metrics = ("val_map50",)
     onnx_outputs = ("boxes", "scores")
-    serving_params: ClassVar[dict[str, Any]] = {"score_threshold": -1.0, "nms_iou_threshold": -1.0,
-                                                "max_detections": -1}
-    with_masks = False  # instance masks in the training targets
 
     def graph(self, model: nn.Module) -> nn.Module:
         return DecodedDetector(model)
@@ -218,29 +208,6 @@ class DetectionTask(Task):
                    "map50_95_torch": map_torch, "map50_95_onnx": map_onnx}
         return Parity(figures, parity_problems(tolerances, box_diff=box_diff, score_diff=score_diff, same=same,
                                                map_torch=map_torch, map_onnx=map_onnx))
-
-    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
-              input_size: tuple[int, int], scales: list[float], class_names: list[str],
-              meta: dict[str, Any]) -> pd.DataFrame:
-        iou = settings("nms_iou_threshold") if meta.get("uses_nms", True) else None
-        dets = select(outputs[0], outputs[1], score_threshold=float(settings("score_threshold")),
-                      iou_threshold=None if iou is None else float(iou),
-                      max_detections=int(settings("max_detections")))
-        rows: dict[str, list] = {"boxes": [], "scores": [], "labels": [], "class_names": []}
-        for det, scale in zip(dets, scales):
-            append_detections(rows, det, scale, class_names)
-        return pd.DataFrame(rows)
-
-    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
-        from cvpipe.prediction_writers import DetectionWriter
-
-        return DetectionWriter(out_dir, class_names, overlays=overlays, with_masks=self.with_masks)
-
-    def output_schema(self) -> Any:
-        from mlflow.types.schema import Array, ColSpec, DataType, Schema
-
-        return Schema([ColSpec(Array(Array(DataType.double)), "boxes"), ColSpec(Array(DataType.double), "scores"),
-                       ColSpec(Array(DataType.long), "labels"), ColSpec(Array(DataType.string), "class_names")])
 
     def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
         """One test image per unit; detections at COCO's protocol with the version's own tuned NMS IoU."""

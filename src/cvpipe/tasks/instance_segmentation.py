@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -26,7 +25,7 @@ from cvpipe.data.arrays import load_array
 from cvpipe.data.ground_truth import ground_truth_instances, load_ground_truth
 from cvpipe.device import CPU, Runtime
 from cvpipe.errors import ConfigError
-from cvpipe.export import run_onnx
+from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_instances
 from cvpipe.metrics.detection import COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores
 from cvpipe.models.yolact import DecodedInstanceSegmenter
@@ -34,8 +33,9 @@ from cvpipe.plots import save_instance_overlays
 from cvpipe.postprocess.instances import (DenseInstances, decode_rles, dense_from_arrays, iter_instances,
                                           paired_mask_iou, select_instances)
 from cvpipe.tasks.base import Evaluation, Parity, Trained, Tuning, write_json
-from cvpipe.tasks.detection import DetectionTask, append_detections, parity_problems, served_coco_results, \
+from cvpipe.tasks.detection import DetectionTask, parity_problems, served_coco_results, \
     write_pr_curve, write_tuning_grid
+from cvpipe.tasks.serving.instance_segmentation import InstanceSegmentationServing
 from cvpipe.tuning.instance_thresholds import tune_instance_thresholds
 
 MASK_STATS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")
@@ -47,13 +47,10 @@ def coco_instances(dense: DenseInstances, nms_iou: float | None, mask_threshold:
                             max_detections=COCO_MAX_DETECTIONS, mask_threshold=mask_threshold)
 
 
-class InstanceSegmentationTask(DetectionTask):
+class InstanceSegmentationTask(InstanceSegmentationServing, DetectionTask):
     name = "instance_segmentation"
     final_metrics = ("val_map50", "val_mask_map50")
     onnx_outputs = ("boxes", "scores", "mask_coeffs", "protos")
-    serving_params: ClassVar[dict[str, Any]] = {"score_threshold": -1.0, "nms_iou_threshold": -1.0,
-                                                "max_detections": -1, "mask_threshold": -1.0}
-    with_masks = True
 
     def check_model(self, model: nn.Module, config: Any) -> None:
         if not getattr(model, "predicts_masks", False):
@@ -173,35 +170,6 @@ class InstanceSegmentationTask(DetectionTask):
         if same and mask_iou < tolerances.min_mask_iou:
             problems.append(f"mean mask IoU {mask_iou:.4f} between PyTorch and ONNX < {tolerances.min_mask_iou}")
         return Parity(figures, problems)
-
-    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
-              input_size: tuple[int, int], scales: list[float], class_names: list[str],
-              meta: dict[str, Any]) -> pd.DataFrame:
-        from cvpipe.data.masks import encode_mask
-        from cvpipe.postprocess.masks import unletterbox
-
-        found = select_instances(dense_from_arrays(*outputs, image_size=input_size),
-                                 score_threshold=float(settings("score_threshold")),
-                                 iou_threshold=float(settings("nms_iou_threshold")),
-                                 max_detections=int(settings("max_detections")),
-                                 mask_threshold=float(settings("mask_threshold")))
-        rows: dict[str, list] = {"boxes": [], "scores": [], "labels": [], "class_names": [], "masks": []}
-        for inst, scale in zip(found, scales):
-            rles = inst["segmentations"]
-            if tuple(image_size) != tuple(input_size):  # masks back onto the caller's grid, like the label maps
-                rles = [encode_mask(unletterbox(m.astype(np.uint8), scale, image_size) > 0)
-                        for m in decode_rles(rles, input_size)]
-            append_detections(rows, inst, scale, class_names)
-            rows["masks"].append([{"size": [int(v) for v in r["size"]], "counts": r["counts"]} for r in rles])
-        return pd.DataFrame(rows)
-
-    def output_schema(self) -> Any:
-        from mlflow.types.schema import Array, ColSpec, DataType, Object, Property, Schema
-
-        rle = Object([Property("size", Array(DataType.long)), Property("counts", DataType.string)])
-        return Schema([ColSpec(Array(Array(DataType.double)), "boxes"), ColSpec(Array(DataType.double), "scores"),
-                       ColSpec(Array(DataType.long), "labels"), ColSpec(Array(DataType.string), "class_names"),
-                       ColSpec(Array(rle), "masks")])
 
     def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
         """One test image per unit; instances at COCO's protocol, mask AP by pycocotools (``iouType="segm"``)."""

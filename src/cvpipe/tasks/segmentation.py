@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -24,12 +24,13 @@ from cvpipe.data.ground_truth import semantic_targets
 from cvpipe.data.prepare import IGNORE_INDEX
 from cvpipe.data.segmentation_dataset import SegmentationDataset, segmentation_augment
 from cvpipe.device import Runtime
-from cvpipe.export import run_onnx
+from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_probabilities
 from cvpipe.metrics.segmentation import score_labels, update_confusion
 from cvpipe.plots import save_grid_curves, save_segmentation_overlays
-from cvpipe.postprocess.masks import labels_from_probabilities, probabilities_from_logits, unletterbox
+from cvpipe.postprocess.masks import labels_from_probabilities, probabilities_from_logits
 from cvpipe.tasks.base import Evaluation, Parity, Task, TrainData, Trained, Tuning, write_json
+from cvpipe.tasks.serving.segmentation import SegmentationServing
 
 
 def raw_labels(probs: np.ndarray) -> np.ndarray:
@@ -37,10 +38,9 @@ def raw_labels(probs: np.ndarray) -> np.ndarray:
     return labels_from_probabilities(probs, threshold=None, min_area=0, fill_holes=False)
 
 
-class SegmentationTask(Task):
+class SegmentationTask(SegmentationServing, Task):
     name = "segmentation"
     final_metrics = ("val_miou",)
-    serving_params: ClassVar[dict[str, Any]] = {"mask_threshold": -1.0, "min_area": -1}
 
     def class_names(self, config: Any, meta: dict[str, Any]) -> list[str]:
         return ["foreground"] if config.train.binary else list(meta["class_names"])
@@ -162,47 +162,6 @@ class SegmentationTask(Task):
         if mask_iou < tolerances.min_mask_iou:
             problems.append(f"foreground mask IoU {mask_iou:.4f} < {tolerances.min_mask_iou}")
         return Parity(figures, problems)
-
-    def serve(self, outputs: list[np.ndarray], settings: Callable[[str], Any], *, image_size: tuple[int, int],
-              input_size: tuple[int, int], scales: list[float], class_names: list[str],
-              meta: dict[str, Any]) -> np.ndarray:
-        labels = labels_from_probabilities(probabilities_from_logits(outputs[0]).astype(np.float32),
-                                           threshold=settings("mask_threshold"),
-                                           min_area=int(settings("min_area") or 0),
-                                           fill_holes=bool(meta.get("fill_holes", False)))
-        if all(s == 1.0 for s in scales) and labels.shape[1:] == tuple(image_size):
-            return labels.astype(np.int64)
-        return np.stack([unletterbox(m, scale, image_size) for m, scale in zip(labels, scales)]).astype(np.int64)
-
-    def prediction_writer(self, out_dir: Path, class_names: list[str], *, overlays: bool) -> Any:
-        from cvpipe.prediction_writers import SegmentationWriter
-
-        return SegmentationWriter(out_dir, class_names, overlays=overlays)
-
-    def combine_served(self, answers: list[Any], *, encoded: bool) -> Any:
-        """Label maps [N, H, W]; for encoded images (sizes may differ) one row per image with the label map as a
-        base64 PNG (8-bit, 16-bit above 255 classes)."""
-        if not encoded:
-            return np.concatenate(answers) if answers else np.zeros((0, 0, 0), np.int64)
-        import base64
-        import io
-
-        from PIL import Image
-
-        rows = {"height": [], "width": [], "label_map_png": []}
-        for answer in answers:
-            labels = np.asarray(answer)[0]
-            buffer = io.BytesIO()
-            Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(buffer, "PNG")
-            rows["height"].append(int(labels.shape[0]))
-            rows["width"].append(int(labels.shape[1]))
-            rows["label_map_png"].append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-        return pd.DataFrame(rows)
-
-    def output_schema(self) -> Any:
-        from mlflow.types.schema import Schema, TensorSpec
-
-        return Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))])
 
     def scorer(self, pyfunc: Any, metric: str, prepared: Path) -> Any:
         """One test image per unit: the confusion matrix of the served (thresholded, cleaned) label map."""
