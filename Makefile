@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stage commands in dvc.yaml call `python`; this makes it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv pipeline pipeline-gpu test test-fast bench ui retrain clean
+.PHONY: venv pipeline pipeline-gpu pipeline-ddp test test-fast bench ui retrain clean
 
 # The venv is about 6.5 GB (torch 2.14.1 on x86_64 is the CUDA build and brings its nvidia-* wheels);
 # stop with a clear message instead of pip's ENOSPC halfway through. VENV_MIN_FREE_GB=0 skips the check.
@@ -29,6 +29,11 @@ pipeline: venv
 # The GPU profile: params overrides from profiles/gpu.yaml, run as a DVC experiment.
 pipeline-gpu: venv
 	$(BIN)/python profiles/run.py profiles/gpu.yaml
+
+# Data-parallel training: every train stage under torchrun with NPROC processes (one per GPU), as a DVC experiment.
+NPROC ?= 2
+pipeline-ddp: venv
+	$(BIN)/dvc exp run -S runtime.distributed.nproc_per_node=$(NPROC)
 
 test: venv
 	$(BIN)/python -m pytest

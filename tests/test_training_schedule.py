@@ -31,3 +31,25 @@ def test_the_schedule_is_unchanged_when_the_warm_up_is_long_enough():
         scheduler.step()
         reference.optimizer.step()
         reference.step()
+
+
+@pytest.mark.parametrize("every, validated", [(1, [1, 2, 3, 4, 5]), (2, [2, 4, 5]), (3, [3, 5]), (9, [5])])
+def test_validation_runs_every_n_epochs_and_after_the_last(tmp_path, every, validated):
+    from cvpipe.device import resolve_runtime
+    from cvpipe.training.loop import fit
+
+    model = torch.nn.Linear(2, 1)
+    data = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(2)]
+    seen = []
+
+    def evaluate(net):
+        seen.append(len(seen))
+        return {"score": float(len(seen))}
+
+    optimizer, scheduler = adamw_one_cycle(model, lr=0.01, weight_decay=0.0, total_steps=10, pct_start=0.3)
+    result = fit(model, runtime=resolve_runtime("cpu"), make_batches=lambda epoch: data,
+                 loss_fn=lambda net, batch: {"loss": ((net(batch[0]) - batch[1]) ** 2).mean()}, evaluate=evaluate,
+                 optimizer=optimizer, scheduler=scheduler, epochs=5, seed=0, checkpoint_path=tmp_path / "ckpt.pt",
+                 fingerprint="x", validate_every=every)
+    assert [int(r["epoch"]) for r in result.history if "val_score" in r] == validated
+    assert len(seen) == len(validated) and "val_score" in result.history[-1]

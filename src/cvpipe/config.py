@@ -156,10 +156,18 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    # > 1: the train stage runs itself under torchrun with this many processes (one per GPU; gloo on CPU), DDP;
+    # several machines: start `torchrun --nnodes ... stages/train.py ...` on each (cvpipe.distributed)
+    nproc_per_node: Annotated[int, Field(ge=1)] = 1
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads; 0 keeps torch's default
     amp: bool = True  # mixed precision, only ever used on CUDA
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 @dataclass(frozen=True)

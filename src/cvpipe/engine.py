@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from cvpipe import distributed
 from cvpipe.build import build_criterion, build_model
 from cvpipe.code_fingerprint import code_hash
 from cvpipe.data.arrays import load_array
@@ -95,17 +96,21 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
     task = get_task(config.task)
     meta = load_meta(prepared)
     cfg = config.train
+    runtime = dataclasses.replace(runtime, device=distributed.init(runtime.device))  # torchrun: this rank's device
+    main = distributed.world().is_main
+    batch_size = distributed.per_rank_batch(cfg.batch_size)
     torch.manual_seed(seed)
     model = runtime.prepare_model(build(task, config, meta, init=task.init_arguments(config, prepared)))
     criterion = build_criterion(config.task, cfg, **task.criterion_arguments(config, meta)).to(runtime.device)
     data = task.train_data(prepared, config)
     if len(data.dataset) == 0:
         raise ConfigError(f"{prepared}/train holds no {task.input_array}: nothing to train on")
-    validate = task.validator(prepared, config, runtime)
+    validate = task.validator(prepared, config, runtime) if main else (lambda net: {})
 
     def make_batches(epoch: int) -> DataLoader:
-        return DataLoader(data.dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=data.collate,
-                          drop_last=len(data.dataset) > cfg.batch_size,
+        shard = distributed.sampler(data.dataset, seed, epoch)  # None for one process: the loader shuffles
+        return DataLoader(data.dataset, batch_size=batch_size, shuffle=shard is None, sampler=shard,
+                          collate_fn=data.collate, drop_last=len(shard or data.dataset) > batch_size,
                           generator=torch.Generator().manual_seed(seed + epoch))
 
     def loss_fn(net: torch.nn.Module, batch: tuple[torch.Tensor, Any]) -> dict[str, torch.Tensor]:
@@ -120,7 +125,11 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
                  optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, seed=seed,
                  checkpoint_path=checkpoint_path(model_dir), fingerprint=run_fingerprint(config, meta, seed),
                  on_epoch_end=on_epoch_end, grad_clip=cfg.grad_clip,
-                 checkpoint_extra={"mlflow_run_id": run_id} if run_id else None, replay_history=replay_history)
+                 checkpoint_extra={"mlflow_run_id": run_id} if run_id else None, replay_history=replay_history,
+                 validate_every=cfg.val_every)
+    distributed.finish()
+    if not main:  # rank 0 writes the model and the reports
+        return StageOutcome()
     report_dir.mkdir(parents=True, exist_ok=True)
     model_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(result.history).to_csv(report_dir / "training.csv", index=False)

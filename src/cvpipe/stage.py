@@ -22,7 +22,8 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a :class:`CvpipeError` prints its message and exits 1, with no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("alembic", "mlflow.store", "great_expectations", "urllib3", "onnxscript", "onnx_ir"):
+    for noisy in ("alembic", "mlflow.store", "great_expectations", "urllib3", "onnxscript", "onnx_ir",
+                  "torch.distributed.elastic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         main()

@@ -31,6 +31,7 @@ class TrainConfig:
 
     arch: str
     epochs: PositiveInt = 20
+    val_every: PositiveInt = 1  # validation metrics every N epochs and after the last (training.csv: empty between)
     batch_size: PositiveInt = 32
     lr: Annotated[float, Field(gt=0.0)] = 0.003  # peak learning rate of AdamW under a one-cycle schedule
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0005

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cvpipe import distributed
 from cvpipe.device import Runtime, seed_everything
 from cvpipe.errors import ConfigError
 from cvpipe.training.checkpoint import load_checkpoint, save_checkpoint
@@ -40,16 +41,22 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         epochs: int, seed: int, checkpoint_path: str | Path, fingerprint: str,
         on_epoch_end: EpochCallback | None = None, grad_clip: float | None = None,
-        checkpoint_extra: dict[str, Any] | None = None, replay_history: bool = False) -> FitResult:
+        checkpoint_extra: dict[str, Any] | None = None, replay_history: bool = False,
+        validate_every: int = 1) -> FitResult:
     """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` when it matches.
 
-    ``checkpoint_extra`` is stored in every checkpoint (the MLflow run id). ``replay_history``: when resuming,
+    ``evaluate`` runs after every ``validate_every``-th epoch and after the last; the other epochs' records
+    have no ``val_*`` entries. ``checkpoint_extra`` is stored in every checkpoint (the MLflow run id). ``replay_history``: when resuming,
     call ``on_epoch_end`` for the epochs the checkpoint already holds (a new MLflow run gets the whole curve).
+
+    Under torchrun (:mod:`cvpipe.distributed`) the model trains wrapped in DDP on every rank; rank 0 alone reads
+    and writes the checkpoint (the state read is broadcast), validates and calls ``on_epoch_end``.
     """
+    main = distributed.world().is_main
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    state = load_checkpoint(checkpoint_path, fingerprint)
+    state = distributed.broadcast(load_checkpoint(checkpoint_path, fingerprint) if main else None)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -58,19 +65,20 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         scaler.load_state_dict(state["scaler"])
         history, start_epoch = state["history"], state["epoch"]
         log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
-        if replay_history and on_epoch_end is not None:
+        if replay_history and on_epoch_end is not None and main:
             for record in history:
                 on_epoch_end(int(record["epoch"]), record)
+    net = distributed.wrap(model, runtime.device)  # trains; ``model`` (the same parameters) validates and is saved
     for epoch in range(start_epoch + 1, epochs + 1):
         seed_everything(seed + epoch)
-        model.train()
+        net.train()
         sums: dict[str, float] = {}
         count = 0
         started = time.perf_counter()
-        bar = tqdm(make_batches(epoch), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
+        bar = tqdm(make_batches(epoch), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not main)
         for batch in bar:
             with runtime.autocast():
-                terms = loss_fn(model, batch)
+                terms = loss_fn(net, batch)
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()}; lower the learning rate")
@@ -88,10 +96,14 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
             count += 1
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
         seconds = time.perf_counter() - started
+        sums, count = distributed.sum_over_ranks(sums, count)
+        validated = main and (epoch % validate_every == 0 or epoch == epochs)
         record = {"epoch": float(epoch), **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
-                  **{f"val_{k}": v for k, v in evaluate(model).items()},
+                  **({f"val_{k}": v for k, v in evaluate(model).items()} if validated else {}),
                   "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
         history.append(record)
+        if not main:
+            continue
         log.info("epoch %d/%d: %s", epoch, epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
         save_checkpoint(checkpoint_path, {
