@@ -4,7 +4,8 @@
 
 Measures, on whatever device ``runtime.device`` resolves to:
 - reading a training batch from the memory-mapped arrays vs decoding the same images from PNG;
-- training throughput (images/s over a few optimizer steps, after warm-up) per configured model;
+- per configured model: the training data path alone (loader and augmentation, no model; detectors with
+  ``train.augment`` per_sample and batched), training steps on one batch, their ratio;
 - inference: batched images/s and single-image latency (p50) per model.
 Needs ``data/prepared`` (run ``dvc repro prepare`` first).
 """
@@ -46,8 +47,13 @@ def bench_loading(prepared: Path, raw_images: Path, batch: int) -> list[tuple[st
     return rows
 
 
-def bench_model(name: str, params, prepared: Path, runtime, steps: int) -> list[tuple[str, str]]:
-    """Train and inference throughput of one configured model on one fixed (augmented) training batch."""
+def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment: str | None = None
+                ) -> list[tuple[str, str]]:
+    """Per configured model: the training data path alone (loader + augmentation, no model), train steps on one
+    fixed augmented batch, their ratio, and inference throughput. ``augment`` overrides a detector's
+    ``train.augment`` (per_sample | batched)."""
+    import dataclasses
+
     from torch.utils.data import DataLoader
 
     from cvpipe.build import build_criterion
@@ -55,13 +61,36 @@ def bench_model(name: str, params, prepared: Path, runtime, steps: int) -> list[
     from cvpipe.registry import get_task
 
     config = params.model(name)
+    if augment is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, augment=augment))
+        name = f"{name} [{augment}]"
     task = get_task(config.task)
     meta = load_meta(prepared)
     model = build(task, config, meta, pretrained=False)
     criterion = build_criterion(config.task, config.train, **task.criterion_arguments(config, meta)).to(runtime.device)
     data = task.train_data(prepared, config)
-    inputs, targets = next(iter(DataLoader(data.dataset, batch_size=config.train.batch_size, collate_fn=data.collate)))
-    targets = to_device(targets, runtime.device)
+
+    def batches(count: int):
+        loader = DataLoader(data.dataset, batch_size=config.train.batch_size, shuffle=True, collate_fn=data.collate,
+                            drop_last=True)
+        for i, (inputs, targets) in enumerate(loader):
+            if i == count:
+                return
+            if data.device_augment is not None:
+                inputs, targets = data.device_augment(inputs.to(runtime.device), to_device(targets, runtime.device))
+            else:
+                inputs, targets = inputs.to(runtime.device).float(), to_device(targets, runtime.device)
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize()
+            yield inputs, targets
+
+    count = max(1, min(10, len(data.dataset) // config.train.batch_size))
+    list(batches(1))  # warm-up
+    started = time.perf_counter()
+    seen = sum(len(inputs) for inputs, _ in batches(count))
+    data_rate = seen / (time.perf_counter() - started)
+
+    inputs, targets = next(batches(1))
     loss_of = lambda out: criterion(out, targets)["loss"]  # noqa: E731
     model = runtime.prepare_model(model)
     x = runtime.prepare_input(inputs.float())
@@ -76,12 +105,15 @@ def bench_model(name: str, params, prepared: Path, runtime, steps: int) -> list[
         if runtime.device.type == "cuda":
             torch.cuda.synchronize()
 
-    train_s = _timed(step, steps)
+    train_rate = len(x) / _timed(step, steps)
     with eval_mode(model):
         infer_s = _timed(lambda: model(x), steps)
         one = x[:1]
         single_s = float(np.median([_timed(lambda: model(one), 1) for _ in range(20)]))
-    return [(f"{name}: train", f"{len(x) / train_s:,.0f} images/s (batch {len(x)})"),
+    both = 1 / (1 / data_rate + 1 / train_rate)  # one process doing both in turn
+    return [(f"{name}: data path (no model)", f"{data_rate:,.0f} images/s"),
+            (f"{name}: train steps", f"{train_rate:,.0f} images/s (batch {len(x)})"),
+            (f"{name}: data path / train", f"{data_rate / train_rate:.1f}x; both in turn {both:,.0f} images/s"),
             (f"{name}: inference", f"{len(x) / infer_s:,.0f} images/s batched, {single_s * 1000:.2f} ms single")]
 
 
@@ -99,7 +131,10 @@ def main() -> None:
     rows = [("device", f"{runtime.device} (torch threads {torch.get_num_threads()}, amp {runtime.amp})")]
     rows += bench_loading(args.prepared, args.raw_images, batch=64)
     for name in args.models or params.pipeline.models:
-        rows += bench_model(name, params, args.prepared, runtime, args.steps)
+        modes = ["per_sample", "batched"] if hasattr(params.model(name).train, "augment") else [None]
+        for mode in modes:
+            rows += bench_model(name, params, args.prepared, runtime, args.steps, augment=mode)
+            print("\n".join(f"{label}  {value}" for label, value in rows[-4:]), flush=True)
     width = max(len(r[0]) for r in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")

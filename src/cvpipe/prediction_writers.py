@@ -141,7 +141,7 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: list[str], colours:
 
     if len(boxes) == 0:
         return image
-    drawn = draw_bounding_boxes(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+    drawn = draw_bounding_boxes(torch.from_numpy(np.array(image)).permute(2, 0, 1),  # a writable copy
                                 torch.as_tensor(boxes, dtype=torch.float32), labels=labels, colors=colours,
                                 width=max(1, min(image.shape[:2]) // 150))
     return drawn.permute(1, 2, 0).numpy()
@@ -154,6 +154,6 @@ def draw_masks(image: np.ndarray, masks: np.ndarray, colours: list[str]) -> np.n
 
     if len(masks) == 0:
         return image
-    drawn = draw_segmentation_masks(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+    drawn = draw_segmentation_masks(torch.from_numpy(np.array(image)).permute(2, 0, 1),
                                     torch.from_numpy(np.asarray(masks, dtype=bool)), alpha=0.45, colors=colours)
     return drawn.permute(1, 2, 0).numpy()

@@ -48,6 +48,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DetectorTrainConfig(TrainConfig):
     nms_iou: Probability | None = 0.5  # NMS IoU of the COCO-protocol evaluation; null for set predictors (DETR)
+    # per_sample: torchvision transforms.v2 per image in the loader; batched: the same family of flips, affine and
+    # colour jitter on the whole batch on the training device (cvpipe.data.batch_augment), boxes/masks moved alike
+    augment: Literal["per_sample", "batched"] = "per_sample"
 
 
 @dataclass(frozen=True)

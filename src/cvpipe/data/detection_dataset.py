@@ -40,6 +40,22 @@ def detection_augment() -> v2.Compose:
     ])
 
 
+def batched_detection_augment() -> Callable[[torch.Tensor, list[Target]], tuple[torch.Tensor, list[Target]]]:
+    """The batched counterpart of :func:`detection_augment` (same flips, translate/scale ranges and colour jitter,
+    boxes clipped and dropped below 2 px with their labels and masks): (uint8 images [B, 3, H, W] on any device,
+    targets there) → (float32 images 0..255, targets). One draw per image from torch's global CPU generator, which
+    the training loop seeds per epoch, so CPU runs stay deterministic and resume sees the same draws."""
+    from cvpipe.data.batch_augment import BatchAugment
+
+    augment = BatchAugment(out_dtype=torch.float32)
+
+    def apply(images: torch.Tensor, targets: list[Target]) -> tuple[torch.Tensor, list[Target]]:
+        out = augment(images, targets, generator=torch.default_generator)
+        return out.images, out.targets
+
+    return apply
+
+
 class DetectionDataset(Dataset):
     """item = (uint8 image [3, S, S], {"boxes": float32 [N, 4] xyxy abs px, "labels": int64 [N]}), plus
     "masks" uint8 [N, S, S] and "has_mask" bool [N] when built with instance masks."""

@@ -58,6 +58,9 @@ class TrainData:
 
     dataset: Dataset
     collate: Callable[[list[Any]], Any] | None = None
+    # (inputs, targets) → (inputs, targets), applied by the engine to each batch on the training device after the
+    # move (batched augmentation); None: the dataset's own per-sample transforms are all there is
+    device_augment: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]] | None = None
 
 
 @dataclass

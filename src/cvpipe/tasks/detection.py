@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from cvpipe.data.arrays import load_array
-from cvpipe.data.detection_dataset import DetectionDataset, collate_detection, detection_augment
+from cvpipe.data.detection_dataset import (DetectionDataset, batched_detection_augment, collate_detection,
+                                           detection_augment)
 from cvpipe.data.ground_truth import detection_targets, load_ground_truth
 from cvpipe.device import CPU, Runtime
 from cvpipe.onnx_inference import run_onnx
@@ -118,6 +119,9 @@ class DetectionTask(DetectionServing, Task):
         return DecodedDetector(model)
 
     def train_data(self, prepared: Path, config: Any) -> TrainData:
+        if config.train.augment == "batched":  # plain samples; the engine augments whole batches on the device
+            return TrainData(DetectionDataset.from_prepared(prepared, "train", with_masks=self.with_masks),
+                             collate_detection, device_augment=batched_detection_augment())
         return TrainData(DetectionDataset.from_prepared(prepared, "train", transform=detection_augment(),
                                                         with_masks=self.with_masks), collate_detection)
 
