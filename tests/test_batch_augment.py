@@ -164,16 +164,18 @@ def test_bad_input_fails_loudly() -> None:
                        generator=torch.Generator())
 
 
-@pytest.mark.parametrize("arch", ["yolo", "yolact"])
-def test_detectors_train_with_batched_augmentation_deterministically(arch, tiny_prepared, tmp_path):
-    """train.augment: batched runs through the engine (boxes, and masks for YOLACT, moved with the images on the
-    device), learns on the tiny set, and the same seed gives the same curve."""
+@pytest.mark.parametrize("arch", ["small_resnet", "yolo", "unet", "yolact"])
+def test_every_task_trains_with_batched_augmentation_deterministically(arch, tiny_prepared, tmp_path):
+    """train.augment: batched runs through the engine for one model of each task (boxes, instance masks and
+    label maps moved with the images on the device), learns on the tiny set, and the same seed gives the same
+    curve."""
     from cvpipe import engine
     from cvpipe.device import resolve_runtime
+    from cvpipe.registry import ARCHITECTURES
     from tests.conftest import model_config
     from tests.test_task_contract import TINY
 
-    section = {"task": "detection" if arch == "yolo" else "instance_segmentation",
+    section = {"task": ARCHITECTURES[arch].task,
                "train": {"arch": arch, "epochs": 3, "batch_size": 8, "augment": "batched", **TINY[arch]}}
     config = model_config(section, arch)
     curves = []
@@ -185,3 +187,4 @@ def test_detectors_train_with_batched_augmentation_deterministically(arch, tiny_
         curves.append([row["train_loss"] for row in rows])
     assert curves[0] == curves[1]
     assert curves[0][-1] < curves[0][0]
+

@@ -85,7 +85,8 @@ def test_two_gloo_processes_train_like_one(prepared, tmp_path):
     assert not any(key.startswith("module.") for key in state["state_dict"])  # saved unwrapped: loads anywhere
 
     # a re-run resumes rank 0's checkpoint on both ranks and continues the same MLflow run
-    again = subprocess.run(_command(prepared), cwd=folder, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(_command(prepared), cwd=folder, env=_env(tmp_path), capture_output=True, text=True,
+                           timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr
     assert json.loads((folder / "models/tiny/run.json").read_text())["run_id"] == ddp["run"]["run_id"]

@@ -66,8 +66,8 @@ class OnnxPredictor:
 
     def predict_images(self, images: list[np.ndarray], params: dict[str, Any] | None = None) -> list[Any]:
         """One answer per image for images of any sizes (uint8 [H, W, 3] each): one ONNX batch at the input size,
-        then the task's post-processing per image on its own grid. Each answer is what :meth:`predict_input` gives for
-        that image alone (a one-row DataFrame, or a [1, H, W] label map)."""
+        then the task's post-processing per image on its own grid. Each answer is what :meth:`predict_input` gives
+        for that image alone (a one-row DataFrame, or a [1, H, W] label map)."""
         if not images:
             return []
         inputs = [self.to_input(image[None]) for image in images]

@@ -4,8 +4,8 @@ MODEL is an MLflow model URI (``models:/cvpipe-yolo@champion``, ``models:/cvpipe
 a pipeline model folder (``models/yolo``: its ``model.onnx``) or an exported ``.onnx`` file. All of them run the
 same ONNX graph with the same pre- and post-processing as the registered pyfunc
 (:mod:`cvpipe.onnx_predictor`), with the tuned thresholds unless overridden. What is written per task:
-:mod:`cvpipe.prediction_writers`; plus ``predict.json`` (counts, throughput, the model, the thresholds used) and ``skipped.csv`` (every file that could
-not be read, and why: reported and skipped, never a traceback).
+:mod:`cvpipe.prediction_writers`; plus ``predict.json`` (counts, throughput, the model, the thresholds used)
+and ``skipped.csv`` (every file that could not be read, and why: reported and skipped, never a traceback).
 """
 
 from __future__ import annotations

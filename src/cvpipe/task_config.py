@@ -43,14 +43,14 @@ class TrainConfig:
     backbone_lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
+    # per_sample: torchvision transforms.v2 per image in the loader; batched: the same family of flips, affine and
+    # colour jitter on whole batches on the training device (cvpipe.data.batch_augment), boxes/masks moved alike
+    augment: Literal["per_sample", "batched"] = "per_sample"
 
 
 @dataclass(frozen=True)
 class DetectorTrainConfig(TrainConfig):
     nms_iou: Probability | None = 0.5  # NMS IoU of the COCO-protocol evaluation; null for set predictors (DETR)
-    # per_sample: torchvision transforms.v2 per image in the loader; batched: the same family of flips, affine and
-    # colour jitter on the whole batch on the training device (cvpipe.data.batch_augment), boxes/masks moved alike
-    augment: Literal["per_sample", "batched"] = "per_sample"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,21 @@ def segmentation_augment() -> v2.Compose:
     ])
 
 
+def batched_segmentation_augment() -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The batched counterpart of :func:`segmentation_augment`: (uint8 images [B, 3, S, S], int64 masks [B, S, S])
+    → (float32 images 0..255, masks moved by the same nearest sampling, exposed border = ignore), on the images'
+    device. Draws come from torch's global CPU generator, seeded per epoch."""
+    from cvpipe.data.batch_augment import BatchAugment
+
+    augment = BatchAugment(fill=0.0, ignore_index=IGNORE_INDEX, out_dtype=torch.float32)
+
+    def apply(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = augment(images, semantic=masks, generator=torch.default_generator)
+        return out.images, out.semantic
+
+    return apply
+
+
 def binary_target(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Class ids → foreground (1) / background (0), ignore kept: the target of binary mode."""
     return (mask != 0) * 1 + (mask == IGNORE_INDEX) * (IGNORE_INDEX - 1)

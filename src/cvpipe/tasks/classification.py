@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cvpipe.data.arrays import CropDataset, load_array
-from cvpipe.data.transforms import classification_augment
+from cvpipe.data.transforms import batched_classification_augment, classification_augment
 from cvpipe.device import Runtime
 from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_probs
@@ -59,6 +59,9 @@ class ClassificationTask(ClassificationServing, Task):
     final_metrics = ("val_top1",)
 
     def train_data(self, prepared: Path, config: Any) -> TrainData:
+        if config.train.augment == "batched":  # plain crops; the engine augments whole batches on the device
+            return TrainData(CropDataset.from_prepared(prepared, "train"),
+                             device_augment=batched_classification_augment())
         return TrainData(CropDataset.from_prepared(prepared, "train", transform=classification_augment()))
 
     def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:

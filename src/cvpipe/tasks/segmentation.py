@@ -22,7 +22,7 @@ from torch import nn
 from cvpipe.data.arrays import load_array
 from cvpipe.data.ground_truth import semantic_targets
 from cvpipe.data.prepare import IGNORE_INDEX
-from cvpipe.data.segmentation_dataset import SegmentationDataset, segmentation_augment
+from cvpipe.data.segmentation_dataset import SegmentationDataset, batched_segmentation_augment, segmentation_augment
 from cvpipe.device import Runtime
 from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_probabilities
@@ -63,6 +63,9 @@ class SegmentationTask(SegmentationServing, Task):
         return {"background_prior": float(np.clip(background, 0.01, 0.99))}
 
     def train_data(self, prepared: Path, config: Any) -> TrainData:
+        if config.train.augment == "batched":  # plain samples; the engine augments whole batches on the device
+            return TrainData(SegmentationDataset.from_prepared(prepared, "train", binary=config.train.binary),
+                             device_augment=batched_segmentation_augment())
         return TrainData(SegmentationDataset.from_prepared(prepared, "train", binary=config.train.binary,
                                                            transform=segmentation_augment()))
 

@@ -46,8 +46,9 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
     """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` when it matches.
 
     ``evaluate`` runs after every ``validate_every``-th epoch and after the last; the other epochs' records
-    have no ``val_*`` entries. ``checkpoint_extra`` is stored in every checkpoint (the MLflow run id). ``replay_history``: when resuming,
-    call ``on_epoch_end`` for the epochs the checkpoint already holds (a new MLflow run gets the whole curve).
+    have no ``val_*`` entries. ``checkpoint_extra`` is stored in every checkpoint (the MLflow run id).
+    ``replay_history``: when resuming, call ``on_epoch_end`` for the epochs the checkpoint already holds (a new
+    MLflow run gets the whole curve).
 
     Under torchrun (:mod:`cvpipe.distributed`) the model trains wrapped in DDP on every rank; rank 0 alone reads
     and writes the checkpoint (the state read is broadcast), validates and calls ``on_epoch_end``.
