@@ -13,13 +13,13 @@ Needs ``data/prepared`` (run ``dvc repro prepare`` first).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from report import report  # benchmarks/report.py (scripts run from this folder's path)
 
 from cvpipe.config import load_config
 from cvpipe.data.arrays import load_array
@@ -131,15 +131,10 @@ def main() -> None:
     rows = [("device", f"{runtime.device} (torch threads {torch.get_num_threads()}, amp {runtime.amp})")]
     rows += bench_loading(args.prepared, args.raw_images, batch=64)
     for name in args.models or params.pipeline.models:
-        modes = ["per_sample", "batched"] if hasattr(params.model(name).train, "augment") else [None]
-        for mode in modes:
+        for mode in ("per_sample", "batched"):
             rows += bench_model(name, params, args.prepared, runtime, args.steps, augment=mode)
             print("\n".join(f"{label}  {value}" for label, value in rows[-4:]), flush=True)
-    width = max(len(r[0]) for r in rows)
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/benchmark.json").write_text(json.dumps(dict(rows), indent=2))
+    report(rows, "benchmark.json")
 
 
 if __name__ == "__main__":

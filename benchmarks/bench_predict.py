@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from report import report  # benchmarks/report.py (scripts run from this folder's path)
 
 SETTINGS = {"score_threshold": 0.3, "nms_iou_threshold": 0.5, "max_detections": 100, "mask_threshold": 0.5,
             "min_area": 0, "reject_threshold": 0.0}  # an untrained export's stand-ins for the tuned values
@@ -162,12 +163,7 @@ def main() -> None:
                      (f"{name}: predict, overlays", f"{drawn['images_per_second']:,.0f} images/s "
                                                     f"({drawn['images_per_second'] / baseline:.2f}x baseline)")]
             print("\n".join(f"{label:<40}  {value}" for label, value in rows[-5:]), flush=True)
-    width = max(len(r[0]) for r in rows)
-    print()
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/benchmark_predict.json").write_text(json.dumps(dict(rows), indent=2))
+    report(rows, "benchmark_predict.json")
 
 
 if __name__ == "__main__":

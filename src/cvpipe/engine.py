@@ -105,6 +105,7 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
     data = task.train_data(prepared, config)
     if len(data.dataset) == 0:
         raise ConfigError(f"{prepared}/train holds no {task.input_array}: nothing to train on")
+    # only rank 0 validates: the other ranks never load the validation split
     validate = task.validator(prepared, config, runtime) if main else (lambda net: {})
 
     def make_batches(epoch: int) -> DataLoader:
