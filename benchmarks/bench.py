@@ -47,17 +47,17 @@ def bench_loading(prepared: Path, raw_images: Path, batch: int) -> list[tuple[st
     return rows
 
 
-def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment: str | None = None
-                ) -> list[tuple[str, str]]:
+def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment: str | None = None,
+                compile_too: bool = False) -> list[tuple[str, str]]:
     """Per configured model: the training data path alone (loader + augmentation, no model), train steps on one
     fixed augmented batch, their ratio, and inference throughput. ``augment`` overrides a detector's
-    ``train.augment`` (per_sample | batched)."""
+    ``train.augment`` (per_sample | batched); ``compile_too`` also times the train steps under torch.compile."""
     import dataclasses
 
     from torch.utils.data import DataLoader
 
     from cvpipe.build import build_criterion
-    from cvpipe.engine import to_device, build
+    from cvpipe.engine import build, fetched_whole, to_device
     from cvpipe.registry import get_task
 
     config = params.model(name)
@@ -68,7 +68,7 @@ def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment:
     meta = load_meta(prepared)
     model = build(task, config, meta, pretrained=False)
     criterion = build_criterion(config.task, config.train, **task.criterion_arguments(config, meta)).to(runtime.device)
-    data = task.train_data(prepared, config)
+    data = fetched_whole(task.train_data(prepared, config), runtime)  # the engine's loader
 
     def batches(count: int):
         loader = DataLoader(data.dataset, batch_size=config.train.batch_size, shuffle=True, collate_fn=data.collate,
@@ -106,6 +106,18 @@ def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment:
             torch.cuda.synchronize()
 
     train_rate = len(x) / _timed(step, steps)
+    compiled_rows = []
+    if compile_too:  # the same steps through torch.compile (runtime.compile): first call compiles
+        eager_model = model
+        model = torch.compile(eager_model)
+        started = time.perf_counter()
+        step()
+        first_s = time.perf_counter() - started
+        compiled_rate = len(x) / _timed(step, steps)
+        model = eager_model
+        compiled_rows = [(f"{name}: train steps, torch.compile",
+                          f"{compiled_rate:,.0f} images/s ({compiled_rate / train_rate:.2f}x eager); "
+                          f"first step {first_s:.0f} s")]
     with eval_mode(model):
         infer_s = _timed(lambda: model(x), steps)
         one = x[:1]
@@ -114,7 +126,8 @@ def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment:
     return [(f"{name}: data path (no model)", f"{data_rate:,.0f} images/s"),
             (f"{name}: train steps", f"{train_rate:,.0f} images/s (batch {len(x)})"),
             (f"{name}: data path / train", f"{data_rate / train_rate:.1f}x; both in turn {both:,.0f} images/s"),
-            (f"{name}: inference", f"{len(x) / infer_s:,.0f} images/s batched, {single_s * 1000:.2f} ms single")]
+            (f"{name}: inference", f"{len(x) / infer_s:,.0f} images/s batched, {single_s * 1000:.2f} ms single"),
+            *compiled_rows]
 
 
 def main() -> None:
@@ -124,16 +137,22 @@ def main() -> None:
     parser.add_argument("--raw-images", type=Path, default=Path("data/raw/shapes/images"))
     parser.add_argument("--models", nargs="*", default=None, help="default: pipeline.models")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time the train steps under torch.compile")
+    parser.add_argument("--modes", nargs="*", default=["per_sample", "batched"], help="train.augment modes")
     args = parser.parse_args()
     params = load_config(args.params)
     rt = params.runtime
-    runtime = resolve_runtime(rt.device, amp=rt.amp, num_threads=rt.num_threads)
+    runtime = resolve_runtime(rt.device, amp=rt.amp, num_threads=rt.num_threads,
+                              channels_last=rt.channels_last,
+                              resident_data_gb=rt.resident_data_gb)
     rows = [("device", f"{runtime.device} (torch threads {torch.get_num_threads()}, amp {runtime.amp})")]
     rows += bench_loading(args.prepared, args.raw_images, batch=64)
     for name in args.models or params.pipeline.models:
-        for mode in ("per_sample", "batched"):
-            rows += bench_model(name, params, args.prepared, runtime, args.steps, augment=mode)
-            print("\n".join(f"{label}  {value}" for label, value in rows[-4:]), flush=True)
+        for mode in args.modes:
+            added = bench_model(name, params, args.prepared, runtime, args.steps, augment=mode,
+                                compile_too=args.compile and mode == args.modes[-1])
+            rows += added
+            print("\n".join(f"{label}  {value}" for label, value in added), flush=True)
     report(rows, "benchmark.json")
 
 

@@ -5,8 +5,10 @@
 Both paths read the same synthetic prepared-like arrays held in memory (uint8 images [N, S, S, 3], boxes
 [K, 4] xyxy px, box_labels [K], box_offsets [N + 1], as prepare writes them):
 - slow: ``DetectionDataset`` with ``detection_augment()`` through a ``DataLoader`` with no workers;
-- batched: the split as one uint8 tensor, a random batch gathered with ``index_select``, then ``BatchAugment``
-  (uint8 out, like the slow path, and float32 0..255 out, what the models take).
+- batched: what the training engine runs with ``train.augment: batched``: the same dataset behind
+  ``WholeBatches`` (the split held in memory as one uint8 [N, 3, S, S] tensor, each batch one ``index_select``
+  plus its per-image targets) through a ``DataLoader`` with no workers, then ``BatchAugment`` (uint8 out, like the
+  slow path, and float32 0..255 out, what the models take).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from cvpipe.data.batch_augment import BatchAugment
 from cvpipe.data.detection_dataset import DetectionDataset, collate_detection, detection_augment
+from cvpipe.data.whole_batches import WholeBatches, whole_batch
 
 log = logging.getLogger("bench_data_path")
 
@@ -53,16 +56,22 @@ def slow_path(arrays: tuple[np.ndarray, ...], batch: int, images: int) -> float:
 
 
 def batched_path(arrays: tuple[np.ndarray, ...], batch: int, steps: int, out_dtype: torch.dtype) -> float:
-    """images/s of gather batch from the in-memory split + BatchAugment on boxes as per-image targets."""
-    images_np, boxes_np, labels_np, offsets = arrays
-    split = torch.from_numpy(images_np)  # [N, S, S, 3], "moved to the device once"
-    targets_all = [{"boxes": torch.from_numpy(boxes_np[lo:hi]), "labels": torch.from_numpy(labels_np[lo:hi])}
-                   for lo, hi in zip(offsets[:-1], offsets[1:])]
+    """images/s of WholeBatches + DataLoader(num_workers=0) + BatchAugment, boxes and labels as per-image
+    targets."""
+    dataset = WholeBatches(DetectionDataset(*arrays), resident_bytes=1 << 40)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0, collate_fn=whole_batch,
+                        drop_last=True, generator=torch.Generator().manual_seed(0))
     aug, gen = BatchAugment(out_dtype=out_dtype), torch.Generator().manual_seed(0)
+    it = iter(loader)
 
     def step() -> None:
-        index = torch.randint(0, len(split), (batch,), generator=gen)
-        aug(split.index_select(0, index), [targets_all[i] for i in index.tolist()], generator=gen)
+        nonlocal it
+        try:
+            images, targets = next(it)
+        except StopIteration:
+            it = iter(loader)
+            images, targets = next(it)
+        aug(images, targets, generator=gen)
 
     step()  # warm-up
     started = time.perf_counter()

@@ -101,7 +101,7 @@ def test_horizontal_flip_by_hand_and_scale_translate_as_torchvision() -> None:
                              "ty": torch.tensor([-3.0])})
     forward, _ = affine_matrices(moved, 64, 64)
     box = torch.tensor([[10.0, 12.0, 30.0, 40.0]])
-    ours, _ = transform_boxes(box.view(1, 1, 4), forward, 64, 64, min_size=2.0)
+    ours, _ = transform_boxes(box.view(1, 1, 4), forward[:, None], 64, 64, min_size=2.0)
     theirs = TF.affine(tv_tensors.BoundingBoxes(box, format="XYXY", canvas_size=(64, 64)), angle=0.0,
                        translate=[5.0, -3.0], scale=1.1, shear=[0.0, 0.0])
     assert torch.allclose(ours.view(1, 4), theirs.as_subclass(torch.Tensor), atol=0.5)

@@ -122,6 +122,51 @@ def test_mask_loss_matches_its_formula():
     assert zero.item() == 0.0 and zero.requires_grad
 
 
+def _mask_term_by_hand(protos, coeffs, targets, batch_idx, loc_idx, gt_idx) -> float:
+    """The docstring's L_mask with loops over positives and proto cells (image px per proto cell = stride)."""
+    proto_h, proto_w = protos.shape[-2:]
+    terms = []
+    for b, a, g in zip(batch_idx.tolist(), loc_idx.tolist(), gt_idx.tolist()):
+        target = targets[b]
+        if not bool(target["has_mask"][g]):
+            continue
+        stride_h, stride_w = target["masks"].shape[-2] // proto_h, target["masks"].shape[-1] // proto_w
+        x1, y1, x2, y2 = target["boxes"][g].tolist()
+        total, cells = 0.0, 0
+        for i in range(proto_h):
+            for j in range(proto_w):
+                if x1 <= (j + 0.5) * stride_w < x2 and y1 <= (i + 0.5) * stride_h < y2:
+                    soft = target["masks"][g, stride_h * i:stride_h * (i + 1), stride_w * j:stride_w * (j + 1)]
+                    soft = soft.float().mean()
+                    prob = torch.sigmoid((protos[b, :, i, j] * coeffs[b, a]).sum())
+                    total += float(-(soft * torch.log(prob) + (1 - soft) * torch.log(1 - prob)))
+                    cells += 1
+        terms.append(total / max(cells, 1))
+    return float(np.mean(terms))
+
+
+def test_batched_mask_loss_matches_the_formula_per_positive():
+    """A batch of three images (one without positives, instance counts 3/0/2, a mask-less instance) with the
+    positives in no particular order: the one batched product equals the formula evaluated positive by positive."""
+    gen = torch.Generator().manual_seed(3)
+    protos, coeffs = torch.rand(3, 4, 6, 6, generator=gen), torch.randn(3, 7, 4, generator=gen)
+    targets = []
+    for count, flags in ((3, [True, False, True]), (0, []), (2, [True, True])):
+        corners = torch.randint(0, 6, (count, 2), generator=gen).float()
+        boxes = torch.cat([corners, corners + torch.randint(3, 7, (count, 2), generator=gen).float()], 1)
+        masks = torch.zeros(count, 12, 12, dtype=torch.uint8)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+            masks[k, y0:y1, x0:x1] = torch.randint(0, 2, (y1 - y0, x1 - x0), generator=gen, dtype=torch.uint8)
+        targets.append({"boxes": boxes, "labels": torch.zeros(count, dtype=torch.long), "masks": masks,
+                        "has_mask": torch.tensor(flags, dtype=torch.bool)})
+    batch_idx = torch.tensor([2, 0, 0, 2, 0, 0, 2])
+    loc_idx = torch.tensor([6, 1, 5, 0, 2, 3, 4])
+    gt_idx = torch.tensor([1, 0, 2, 0, 1, 0, 1])
+    value = YolactLoss(num_classes=1).mask_term(protos, coeffs, targets, batch_idx, loc_idx, gt_idx)
+    assert value.item() == pytest.approx(_mask_term_by_hand(protos, coeffs, targets, batch_idx, loc_idx, gt_idx),
+                                         rel=1e-5)
+
+
 def test_loss_needs_mask_targets_and_gives_finite_gradients(tiny_prepared):
     dataset = DetectionDataset.from_prepared(tiny_prepared, "train", with_masks=True)
     images = torch.stack([dataset[i][0] for i in range(2)]).float()

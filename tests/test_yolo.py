@@ -263,3 +263,17 @@ def test_overfits_four_prepared_images(tiny_prepared):
         boxes, scores = model.decode(model(images))
     detections = select_detections(boxes, scores, score_threshold=0.05, iou_threshold=0.5, max_detections=100)
     assert evaluate_detections(targets, detections, num_classes=6)["map50"] >= 0.9
+
+
+def test_pad_targets_by_hand():
+    """Images with 2, 0 and 3 boxes: each image's rows first, then zero padding marked invalid."""
+    targets = [{"boxes": torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]), "labels": torch.tensor([3, 1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+               {"boxes": torch.tensor([[0.0, 0, 1, 1], [2, 2, 4, 4], [9, 9, 10, 12]]), "labels": torch.tensor([0, 2, 4])}]
+    boxes, labels, valid = pad_targets(targets)
+    assert valid.tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    assert labels.tolist() == [[3, 1, 0], [0, 0, 0], [0, 2, 4]]
+    assert torch.equal(boxes[0, :2], targets[0]["boxes"]) and torch.equal(boxes[2], targets[2]["boxes"])
+    assert not boxes[0, 2].any() and not boxes[1].any()
+    empty = pad_targets([targets[1], targets[1]])
+    assert empty[0].shape == (2, 0, 4) and empty[2].shape == (2, 0)

@@ -1,4 +1,4 @@
-"""One device/AMP helper for train, evaluate and export: CUDA when present, AMP and channels_last there."""
+"""One device/AMP helper for train, evaluate and export: CUDA when present, AMP there; channels_last by choice."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ class Runtime:
     device: torch.device
     amp: bool  # autocast to float16 (CUDA only)
     channels_last: bool
+    # batched augmentation holds the train split's images in memory (transposed) up to this size
+    resident_data_bytes: int = 4 << 30
+    compile: bool = False  # torch.compile the training steps (runtime.compile)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp:
@@ -38,8 +41,10 @@ class Runtime:
 CPU = Runtime(torch.device("cpu"), amp=False, channels_last=False)  # export, parity and latency run here
 
 
-def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int = 0) -> Runtime:
-    """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'; AMP and channels_last only ever apply on CUDA."""
+def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int = 0, channels_last: bool = True,
+                    resident_data_gb: float = 4.0, compile: bool = False) -> Runtime:
+    """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'; AMP only ever applies on CUDA; ``channels_last`` (NHWC
+    activations and weights) on either device: oneDNN's CPU convolutions are faster in it too."""
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     if device == "auto":
@@ -48,7 +53,8 @@ def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int 
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"params.yaml: runtime.device={device!r} but no CUDA device is visible")
     on_cuda = dev.type == "cuda"
-    return Runtime(device=dev, amp=amp and on_cuda, channels_last=on_cuda)
+    return Runtime(device=dev, amp=amp and on_cuda, channels_last=channels_last,
+                   resident_data_bytes=int(resident_data_gb * (1 << 30)), compile=compile)
 
 
 def seed_everything(seed: int) -> None:

@@ -33,6 +33,7 @@ from cvpipe.build import build_criterion, build_model
 from cvpipe.code_fingerprint import code_hash
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
+from cvpipe.data.whole_batches import WholeBatches, whole_batch
 from cvpipe.device import CPU, Runtime
 from cvpipe.errors import ConfigError, ParityError
 from cvpipe.export import export_onnx
@@ -40,7 +41,7 @@ from cvpipe.models.preprocess import to_model_input
 from cvpipe.onnx_inference import onnx_latency_ms, onnx_session
 from cvpipe.registry import get_task
 from cvpipe.task_config import dump_config, load_model_config
-from cvpipe.tasks.base import StageOutcome, Task, Trained, latency_ms, numeric, write_json
+from cvpipe.tasks.base import StageOutcome, Task, TrainData, Trained, latency_ms, numeric, write_json
 from cvpipe.training.checkpoint import fingerprint, load_checkpoint
 from cvpipe.training.loop import adamw_one_cycle, fit
 
@@ -102,7 +103,7 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
     torch.manual_seed(seed)
     model = runtime.prepare_model(build(task, config, meta, init=task.init_arguments(config, prepared)))
     criterion = build_criterion(config.task, cfg, **task.criterion_arguments(config, meta)).to(runtime.device)
-    data = task.train_data(prepared, config)
+    data = fetched_whole(task.train_data(prepared, config), runtime)
     if len(data.dataset) == 0:
         raise ConfigError(f"{prepared}/train holds no {task.input_array}: nothing to train on")
     # only rank 0 validates: the other ranks never load the validation split
@@ -145,6 +146,15 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
                **{f"final_{name}": final.get(name, 0.0) for name in task.final_metrics},
                "resumed_from_epoch": float(result.resumed_from_epoch)}
     return StageOutcome(metrics=metrics, artifacts=[model_dir / "model.pt", report_dir / "training.csv"])
+
+
+def fetched_whole(data: TrainData, runtime: Runtime) -> TrainData:
+    """With batched augmentation, the loader fetches whole batches (:mod:`cvpipe.data.whole_batches`): the
+    augmentation then sees a batch as one uint8 tensor, gathered from the split held in memory."""
+    if data.device_augment is None:
+        return data
+    return dataclasses.replace(data, dataset=WholeBatches(data.dataset, resident_bytes=runtime.resident_data_bytes),
+                               collate=whole_batch)
 
 
 def to_device(targets: Any, device: torch.device) -> Any:

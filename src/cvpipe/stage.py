@@ -55,7 +55,9 @@ class ModelStage:
         from cvpipe.device import resolve_runtime
 
         runtime = self.params.runtime
-        return resolve_runtime(runtime.device, amp=runtime.amp, num_threads=runtime.num_threads)
+        return resolve_runtime(runtime.device, amp=runtime.amp, num_threads=runtime.num_threads,
+                               channels_last=runtime.channels_last,
+                               resident_data_gb=runtime.resident_data_gb, compile=runtime.compile)
 
 
 def model_stage(description: str | None) -> ModelStage:

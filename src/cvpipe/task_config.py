@@ -32,6 +32,9 @@ class TrainConfig:
     arch: str
     epochs: PositiveInt = 20
     val_every: PositiveInt = 1  # validation metrics every N epochs and after the last (training.csv: empty between)
+    # validation metrics on the first N validation images only (crops for the classifier); null = all. Prepare
+    # shuffled the split with the seed, so they are a fixed random subset; evaluate and tune still use all
+    val_images: PositiveInt | None = None
     batch_size: PositiveInt = 32
     lr: Annotated[float, Field(gt=0.0)] = 0.003  # peak learning rate of AdamW under a one-cycle schedule
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0005

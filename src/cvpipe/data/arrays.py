@@ -32,6 +32,14 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_array(self) -> np.ndarray:
+        return self.crops
+
+    def batch_targets(self, indices: list[int]) -> torch.Tensor:
+        """int64 labels [B] of a batch (whole-batch fetching)."""
+        return torch.from_numpy(np.asarray(self.labels[np.asarray(indices)], np.int64))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(np.array(self.crops[index])).permute(2, 0, 1)  # [3, C, C] uint8
         if self.transform is not None:

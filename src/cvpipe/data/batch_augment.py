@@ -23,9 +23,12 @@ source location, so the grid matrix is the inverse map written in normalised coo
 
     theta = [ D^-1 L^-1 D  |  -D^-1 L^-1 t ]          # [B, 2, 3]
 
-Images are sampled with ``padding_mode="zeros"`` from ``image - fill`` and ``fill`` is added back, so the
-exposed border is the letterbox grey (``fill=114``, ``PAD_VALUE`` of prepare). Instance masks use the same
-grid with nearest sampling (outside = 0); semantic masks the same with outside = ``IGNORE_INDEX`` (255).
+Images are sampled from a copy padded by a one-pixel ring of ``fill`` with ``padding_mode="border"``: every
+source point off the image then reads the ring, so the exposed border is the letterbox grey (``fill=114``,
+``PAD_VALUE`` of prepare), and bilinear blends the edge pixels with it, exactly as zero padding of
+``image - fill`` would. In the padded frame the normalised source coordinate is ``n' = n · W / (W + 2)`` (and the
+same with ``H``), so ``theta``'s rows are scaled by those factors. Instance masks are sampled the same way with
+nearest sampling and a ring of 0; semantic masks with a ring of ``IGNORE_INDEX`` (255).
 
 Boxes: the 4 corners of each box go through ``A``, the enclosing axis-aligned box is taken (exact for flips,
 scale and translation; a superset under rotation, as torchvision), clipped to ``[0, W] x [0, H]``, and boxes
@@ -36,7 +39,7 @@ Colour
 ------
 Brightness ``b``, contrast ``k``, saturation ``s`` (factors drawn uniformly in ``[1 - x, 1 + x]``) and hue ``h``
 (drawn in ``[-x, x]``, fraction of a full turn) are each an affine map of the RGB vector, so per image they
-compose into one 3x3 matrix ``M`` and offset ``o``, applied with a single batched einsum:
+compose into one 3x3 matrix ``M`` and offset ``o``, applied with a single ``baddbmm``:
 
 - brightness ``v -> b v``;
 - contrast ``v -> k v + (1 - k) mean(gray)`` with the image's mean grey value (as ``ColorJitter``);
@@ -44,13 +47,16 @@ compose into one 3x3 matrix ``M`` and offset ``o``, applied with a single batche
 - hue: a rotation by ``2 pi h`` about the grey axis in YIQ space (a linear stand-in for the HSV shift of
   ``ColorJitter``; the two agree closely for the small ``|h| <= 0.05`` used here).
 
-Colour acts on the warped image (border included, as in ``detection_augment`` where ColorJitter follows
-RandomAffine). Differences from ``ColorJitter``, all for speed: a fixed order (brightness, contrast, saturation,
-hue) instead of a random permutation, one clamp to ``[0, 255]`` at the end instead of one after each step, and
-the contrast mean taken from the source image on every other pixel (no per-step re-reading of the batch).
+Colour is applied to the padded source, ring included, before the warp: a per-pixel affine map commutes with
+nearest sampling exactly, and with bilinear sampling (whose weights sum to 1) up to where the clamp to
+``[0, 255]`` cuts, so this equals ``detection_augment``'s order (ColorJitter after RandomAffine) while the warp,
+the one pass that allocates, comes last. Differences from ``ColorJitter``, all for speed: a fixed order
+(brightness, contrast, saturation, hue) instead of a random permutation, one clamp to ``[0, 255]`` after all
+instead of one after each step, and the contrast mean taken from the source image on every 8th row and 4th
+column (512 pixels of a 128 px image: its error is well under one grey level).
 
-Cost per batch is a handful of passes over ``[B, 3, H, W]`` float32 (convert, sample, one ``baddbmm``, clamp,
-convert back); ``out_dtype=torch.float32`` (the models' input, 0..255) skips the last one.
+Cost per batch: four passes over ``[B, 3, H + 2, W + 2]`` float32 (convert into the padded buffer, one
+``baddbmm`` for the colour, clamp, ``grid_sample``), plus the grid; ``out_dtype=torch.uint8`` adds a conversion.
 """
 
 from __future__ import annotations
@@ -137,14 +143,15 @@ def sampling_grid(theta: torch.Tensor, height: int, width: int, out: torch.Tenso
 
 def transform_boxes(boxes: torch.Tensor, matrices: torch.Tensor, height: int, width: int,
                     min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """boxes [B, M, 4] xyxy px, forward matrices [B, 2, 3] → (enclosing boxes of the moved corners clipped to the
-    image [B, M, 4], keep [B, M] bool: width and height ≥ ``min_size`` after clipping)."""
+    """boxes [..., 4] xyxy px, forward matrices [..., 2, 3] (leading dims broadcast with the boxes') → (enclosing
+    boxes of the moved corners clipped to the image [..., 4], keep [...] bool: width and height ≥ ``min_size``
+    after clipping)."""
     x0, y0, x1, y1 = boxes.unbind(-1)
     corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
-                           torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)], -2)  # [B, M, 4, 2]
-    lin, shift = matrices[:, None, None, :, :2], matrices[:, None, None, :, 2]
-    moved = (lin @ corners.unsqueeze(-1)).squeeze(-1) + shift  # [B, M, 4, 2]
-    lo, hi = moved.amin(-2), moved.amax(-2)  # [B, M, 2]
+                           torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)], -2)  # [..., 4, 2]
+    lin, shift = matrices[..., None, :, :2], matrices[..., None, :, 2]
+    moved = (lin @ corners.unsqueeze(-1)).squeeze(-1) + shift  # [..., 4, 2]
+    lo, hi = moved.amin(-2), moved.amax(-2)  # [..., 2]
     limit = boxes.new_tensor([width, height])
     lo, hi = torch.minimum(lo.clamp(min=0), limit), torch.minimum(hi.clamp(min=0), limit)
     out = torch.cat([lo, hi], -1)
@@ -254,20 +261,22 @@ class BatchAugment:
             params = self.draw(batch, height, width, generator)
         params = params.to(images.device)
         forward, theta = affine_matrices(params, height, width)
+        # source coordinates in the one-pixel-padded frame (see _padded), n' = n · size / (size + 2) per axis
+        theta = theta * theta.new_tensor([[width / (width + 2.0)], [height / (height + 2.0)]])
         grid = sampling_grid(theta, height, width, out=self._buffer("grid", nchw, (batch, 2, height, width)))
 
-        src = self._buffer("src", nchw).copy_(nchw).sub_(self.fill)  # zero padding of grid_sample → fill
-        mean_rgb = src[:, :, ::2, ::2].mean((2, 3)) + self.fill  # [B, 3], every other pixel: plenty for a mean
-        warped = F.grid_sample(src, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
+        # colour first, on the padded source (ring included): per-pixel affine maps commute with nearest
+        # sampling, and with bilinear up to where the clamp cuts; the warp is then the last, allocating pass
+        padded = self._padded("image", nchw, self.fill)  # float32 [B, 3, H + 2, W + 2]
+        mean_rgb = padded[:, :, 1:-1:8, 1:-1:4].mean((2, 3))  # [B, 3], every 8th row, 4th column: plenty
         mat, off = colour_matrices(params, mean_rgb)
-        bias = mat.sum(-1) * self.fill + off  # M (v + fill) + o = M v + (M fill + o), [B, 3]
-        if self.out_dtype == torch.uint8:
-            bias = bias + 0.5  # round half up by the truncation to uint8 below
-        flat = warped.view(batch, 3, height * width)
-        mixed = torch.baddbmm(bias.unsqueeze(-1), mat, flat, out=self._buffer("out", flat))  # [B, 3, H*W]
-        mixed = mixed.clamp_(0.0, 255.0).view(batch, 3, height, width)
-        # the fresh grid_sample output is what a float caller gets back (no second large allocation)
-        out = mixed.to(torch.uint8) if self.out_dtype == torch.uint8 else warped.copy_(mixed)
+        half = 0.5 if self.out_dtype == torch.uint8 else 0.0  # round half up by the truncation to uint8 below
+        flat = padded.view(batch, 3, -1)
+        coloured = torch.baddbmm((off + half).unsqueeze(-1), mat, flat, out=self._buffer("colour", flat))
+        coloured = coloured.clamp_(half, 255.0 + half)  # [0, 255] before the half: bilinear blends stay inside
+        warped = F.grid_sample(coloured.view(padded.shape), grid, mode=self.interpolation, padding_mode="border",
+                               align_corners=False)
+        out = warped.to(torch.uint8) if self.out_dtype == torch.uint8 else warped
 
         result = {"images": out, "matrices": forward}
         if targets is not None:
@@ -275,58 +284,74 @@ class BatchAugment:
         if boxes is not None:
             if valid is None or valid.shape != boxes.shape[:2]:
                 raise ValueError(f"padded boxes {tuple(boxes.shape)} need a valid mask [B, M]")
-            moved, keep = transform_boxes(boxes.float(), forward, height, width, self.min_size)
+            moved, keep = transform_boxes(boxes.float(), forward[:, None], height, width, self.min_size)
             result["boxes"], result["valid"] = moved, valid & keep
         if semantic is not None:
-            result["semantic"] = self._warp_labels(semantic.unsqueeze(1), grid, float(self.ignore_index)).squeeze(1)
+            result["semantic"] = self._warp_labels("semantic", semantic.unsqueeze(1), grid,
+                                                  float(self.ignore_index)).squeeze(1)
         return AugmentedBatch(**result)
 
-    @staticmethod
-    def _warp_labels(labels: torch.Tensor, grid: torch.Tensor, outside: float) -> torch.Tensor:
-        """Integer maps [B, C, H, W] through the grid, nearest; ``outside`` where the source is off the image."""
-        shifted = labels.float().sub_(outside)
-        warped = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        return warped.add_(outside).round_().to(labels.dtype)
+    def _warp_labels(self, name: str, labels: torch.Tensor, grid: torch.Tensor, outside: float) -> torch.Tensor:
+        """Integer maps [B, C, H, W] through the (padded-frame) grid, nearest; ``outside`` where the source is off
+        the image."""
+        warped = F.grid_sample(self._padded(name, labels, outside), grid, mode="nearest", padding_mode="border",
+                               align_corners=False)
+        return warped.to(labels.dtype)  # nearest copies exact small integers: no rounding needed
+
+    def _padded(self, name: str, source: torch.Tensor, ring: float) -> torch.Tensor:
+        """float32 copy of ``source`` [B, C, H, W] inside a one-pixel ring of ``ring``, in a reused buffer.
+
+        ``grid_sample`` with ``padding_mode="border"`` on it gives ``ring`` wherever the source point is off the
+        image, exactly as zero padding of ``source - ring`` would, without the two extra passes; the ring is
+        written when the buffer is made, the interior on every call (the conversion pass there is anyway)."""
+        batch, channels, height, width = source.shape
+        key = (name, source.device, (batch, channels, height, width), ring)
+        buffer = self._scratch.get(key)
+        if buffer is None:
+            self._scratch = {k: v for k, v in self._scratch.items() if k[0] != name}  # one shape per name
+            buffer = torch.full((batch, channels, height + 2, width + 2), ring, device=source.device,
+                                dtype=torch.float32)
+            self._scratch[key] = buffer
+        buffer[:, :, 1:-1, 1:-1].copy_(source)
+        return buffer
 
     def _targets(self, targets: list[Target], forward: torch.Tensor, grid: torch.Tensor, height: int,
                  width: int) -> list[Target]:
+        """Per-image targets moved: every image's boxes (and per-box fields) gathered into one flat tensor, moved
+        and filtered at once, then split back per image."""
         if len(targets) != forward.shape[0]:
             raise ValueError(f"{forward.shape[0]} images but {len(targets)} targets")
-        counts = torch.tensor([len(t["boxes"]) for t in targets])
-        most = int(counts.max()) if len(targets) else 0
-        owner = torch.repeat_interleave(torch.arange(len(targets)), counts)  # [K] image of each box
-        slot = torch.arange(len(owner)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # [K]
-        owner, slot = owner.to(forward.device), slot.to(forward.device)
-        padded = forward.new_zeros(len(targets), max(most, 1), 4)
-        if len(owner):
-            padded[owner, slot] = torch.cat([t["boxes"].reshape(-1, 4) for t in targets]).to(padded)
-        moved, keep = transform_boxes(padded, forward, height, width, self.min_size)
-        keep_flat = keep[owner, slot]  # [K]
+        counts = [len(t["boxes"]) for t in targets]
+        owner = torch.repeat_interleave(torch.arange(len(targets)), torch.tensor(counts)).to(forward.device)  # [K]
+        flat_boxes = torch.cat([t["boxes"].reshape(-1, 4) for t in targets])
+        moved, keep = transform_boxes(flat_boxes.to(forward), forward[owner], height, width, self.min_size)
         kept_counts = torch.zeros(len(targets), dtype=torch.long, device=keep.device).index_add_(
-            0, owner, keep_flat.long()).tolist()
-        moved_flat = moved[owner, slot][keep_flat]
-        counts = counts.tolist()
-        warped_masks = None
-        if any("masks" in t for t in targets):
-            stack = forward.new_zeros(len(targets), max(most, 1), height, width, dtype=torch.uint8)
-            for i, t in enumerate(targets):
-                if "masks" in t:
-                    stack[i, :counts[i]] = t["masks"]
-            warped_masks = self._warp_labels(stack, grid, 0.0)  # [B, M, H, W]
+            0, owner, keep.long()).tolist()
         per_box = [name for name, v in targets[0].items() if name not in ("boxes", "masks") and torch.is_tensor(v)
                    and all(torch.is_tensor(t.get(name)) and t[name].dim() > 0 and len(t[name]) == n
                            for t, n in zip(targets, counts))]
-        split = {"boxes": moved_flat.split(kept_counts)}
+        split = {"boxes": moved[keep].to(flat_boxes.dtype).split(kept_counts)}
         for name in per_box:  # labels, has_mask, ...: gathered once, filtered once, split per image
-            split[name] = torch.cat([t[name] for t in targets]).to(keep.device)[keep_flat].split(kept_counts)
+            split[name] = torch.cat([t[name] for t in targets]).to(keep.device)[keep].split(kept_counts)
+        if any("masks" in t for t in targets):
+            most = max(max(counts), 1)
+            stack = forward.new_zeros(len(targets), most, height, width, dtype=torch.uint8)
+            for i, t in enumerate(targets):
+                if "masks" in t:
+                    stack[i, :counts[i]] = t["masks"]
+            warped = self._warp_labels("masks", stack, grid, 0.0)  # [B, M, H, W]
+            slot = torch.arange(len(owner), device=owner.device) - torch.repeat_interleave(
+                torch.tensor(counts).cumsum(0) - torch.tensor(counts), torch.tensor(counts)).to(owner.device)
+            split["masks"] = warped[owner, slot][keep].split(kept_counts)
         out = []
         for i, t in enumerate(targets):
-            k = keep[i, :counts[i]]
-            item = {name: (v[k] if torch.is_tensor(v) and v.dim() > 0 and len(v) == counts[i] else v)
-                    for name, v in t.items() if name not in split and name != "masks"}  # fields only some have
-            item.update({name: parts[i] for name, parts in split.items()})
-            item["boxes"] = item["boxes"].to(t["boxes"].dtype)
-            if warped_masks is not None and "masks" in t:
-                item["masks"] = warped_masks[i, :counts[i]][k].to(t["masks"].dtype)
+            item = {name: parts[i] for name, parts in split.items() if name != "masks" or "masks" in t}
+            rest = [name for name in t if name not in item]  # fields only some images carry, or not per box
+            if rest:
+                k = keep[owner == i]
+                item.update({name: (t[name][k] if torch.is_tensor(t[name]) and t[name].dim() > 0
+                                    and len(t[name]) == counts[i] else t[name]) for name in rest})
+            if "masks" in item:
+                item["masks"] = item["masks"].to(t["masks"].dtype)
             out.append(item)
         return out

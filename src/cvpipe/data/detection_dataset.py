@@ -97,6 +97,26 @@ class DetectionDataset(Dataset):
             target["has_mask"] = torch.from_numpy(np.array(self.has_mask[lo:hi], bool))
         return target
 
+    @property
+    def image_array(self) -> np.ndarray:
+        return self.images
+
+    def batch_targets(self, indices: list[int]) -> list[Target]:
+        """Untransformed targets of a batch, one dict per image (whole-batch fetching): every box row of the batch
+        read with one gather per array, then split per image; equal to ``[self.target(i) for i in indices]``."""
+        index = np.asarray(indices, dtype=np.int64)
+        lo, counts = self.offsets[index], self.offsets[index + 1] - self.offsets[index]
+        starts = np.cumsum(counts) - counts
+        rows = np.arange(int(counts.sum())) + np.repeat(lo - starts, counts)  # box rows in batch order
+        sizes = counts.tolist()
+        fields = {"boxes": torch.from_numpy(np.asarray(self.boxes[rows], np.float32)).reshape(-1, 4).split(sizes),
+                  "labels": torch.from_numpy(np.asarray(self.labels[rows], np.int64)).split(sizes)}
+        if self.masks is not None:
+            size = self.images.shape[1:3]
+            fields["masks"] = torch.from_numpy(np.asarray(self.masks[rows], np.uint8)).reshape(-1, *size).split(sizes)
+            fields["has_mask"] = torch.from_numpy(np.asarray(self.has_mask[rows], bool)).split(sizes)
+        return [{name: parts[i] for name, parts in fields.items()} for i in range(len(sizes))]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         image = torch.from_numpy(np.array(self.images[index])).permute(2, 0, 1)  # [3, S, S] uint8
         target = self.target(index)

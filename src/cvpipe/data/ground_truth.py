@@ -19,6 +19,15 @@ def load_ground_truth(prepared_dir: str | Path, split: str) -> dict[str, Any]:
         return json.load(fh)
 
 
+def first_images(gt: dict[str, Any], count: int | None) -> dict[str, Any]:
+    """``gt`` restricted to the images at array index < ``count`` and their annotations (None: all of it)."""
+    if count is None:
+        return gt
+    images = [im for im in gt["images"] if im["index"] < count]
+    kept = {im["id"] for im in images}
+    return {**gt, "images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in kept]}
+
+
 def detection_targets(prepared_dir: str | Path, split: str) -> list[dict[str, np.ndarray]]:
     """Per-image ground truth {"boxes" [N, 4], "labels" [N]} from the prepared arrays."""
     dataset = DetectionDataset.from_prepared(prepared_dir, split)

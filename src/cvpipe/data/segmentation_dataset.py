@@ -64,6 +64,15 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def image_array(self) -> np.ndarray:
+        return self.images
+
+    def batch_targets(self, indices: list[int]) -> torch.Tensor:
+        """Untransformed int64 masks [B, S, S] of a batch (whole-batch fetching)."""
+        masks = torch.from_numpy(np.asarray(self.masks[np.asarray(indices)], np.int64))
+        return binary_target(masks) if self.binary else masks
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.from_numpy(np.array(self.images[index])).permute(2, 0, 1)  # [3, S, S] uint8
         mask = torch.from_numpy(np.array(self.masks[index], np.int64))  # [S, S]

@@ -65,20 +65,25 @@ class YolactLoss(YoloLoss):
             keep = keep[torch.randperm(len(keep), device=keep.device)[: self.max_mask_positives]]
         if len(keep) == 0:
             return protos.sum() * 0.0  # keeps the graph (and DDP/AMP) happy on a batch without masks
+        keep = keep[torch.argsort(batch_idx[keep], stable=True)]  # grouped by image, for the per-image slots
         batch_idx, loc_idx, gt_idx = batch_idx[keep], loc_idx[keep], gt_idx[keep]
-        proto_h, proto_w = protos.shape[-2:]
-        losses = []
-        for b in torch.unique(batch_idx).tolist():
-            rows = batch_idx == b
-            target = targets[b]
-            image_h, image_w = target["masks"].shape[-2:]
-            g = gt_idx[rows]
-            gt_masks = F.interpolate(target["masks"][g].float().unsqueeze(1), size=(proto_h, proto_w),
-                                     mode="area")[:, 0]  # [P_b, H_p, W_p] covered fraction
-            logits = torch.einsum("pk,khw->phw", coeffs[b, loc_idx[rows]], protos[b])
-            # proto cells whose centre (in image px) lies inside the GT box are counted
-            in_box = box_crop(target["boxes"][g].float(), (proto_h, proto_w),
-                              cell=(image_h / proto_h, image_w / proto_w)).float()
-            bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none")
-            losses.append((bce * in_box).sum(dim=(1, 2)) / in_box.sum(dim=(1, 2)).clamp(min=1.0))
-        return torch.cat(losses).sum() / len(keep)
+        batch, proto_h, proto_w = protos.shape[0], *protos.shape[-2:]
+        # every image's instances in one flat list: global row of instance g of image b = first[b] + g
+        counts = torch.tensor([len(t["boxes"]) for t in targets], device=batch_idx.device)
+        rows = (counts.cumsum(0) - counts)[batch_idx] + gt_idx  # [P]
+        all_masks = torch.cat([t["masks"] for t in targets])  # [ΣN, S, S], prepare letterboxes to one size
+        image_h, image_w = all_masks.shape[-2:]
+        gt_masks = F.interpolate(all_masks[rows].float().unsqueeze(1), size=(proto_h, proto_w),
+                                 mode="area")[:, 0]  # [P, H_p, W_p] covered fraction
+        # P_b c_a for every positive as one batched product: coefficients padded per image [B, P_max, k]
+        slot = torch.arange(len(batch_idx), device=batch_idx.device) - (torch.bincount(
+            batch_idx, minlength=batch).cumsum(0) - torch.bincount(batch_idx, minlength=batch))[batch_idx]
+        padded = coeffs.new_zeros(batch, int(slot.max()) + 1, coeffs.shape[-1])
+        padded = padded.index_put((batch_idx, slot), coeffs[batch_idx, loc_idx])
+        logits = torch.bmm(padded, protos.flatten(2))[batch_idx, slot].view(-1, proto_h, proto_w)  # [P, H_p, W_p]
+        # proto cells whose centre (in image px) lies inside the GT box are counted
+        boxes = torch.cat([t["boxes"] for t in targets]).float()[rows]
+        in_box = box_crop(boxes, (proto_h, proto_w), cell=(image_h / proto_h, image_w / proto_w)).float()
+        bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none")
+        per_positive = (bce * in_box).sum(dim=(1, 2)) / in_box.sum(dim=(1, 2)).clamp(min=1.0)
+        return per_positive.sum() / len(keep)

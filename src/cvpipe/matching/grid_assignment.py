@@ -105,12 +105,14 @@ def pad_targets(targets: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, t
     boxes = first.new_zeros((len(targets), num, 4), dtype=torch.float32)
     labels = torch.zeros((len(targets), num), dtype=torch.long, device=first.device)
     valid = torch.zeros((len(targets), num), dtype=torch.bool, device=first.device)
-    for i, target in enumerate(targets):
+    for i, target in enumerate(targets):  # shapes only: no tensor work per image
         n = len(target["boxes"])
         if target["boxes"].shape != (n, 4) or target["labels"].shape != (n,):
             raise ValueError(f"target {i}: boxes {tuple(target['boxes'].shape)} and labels "
                              f"{tuple(target['labels'].shape)} must be [N, 4] and [N]")
-        boxes[i, :n] = target["boxes"]
-        labels[i, :n] = target["labels"]
-        valid[i, :n] = True
+    if num:  # row-major boolean assignment fills image after image, the order of the concatenation
+        counts = torch.tensor([len(t["boxes"]) for t in targets], device=first.device)
+        valid = torch.arange(num, device=first.device) < counts[:, None]
+        boxes[valid] = torch.cat([t["boxes"] for t in targets]).to(boxes)
+        labels[valid] = torch.cat([t["labels"] for t in targets]).to(labels)
     return boxes, labels, valid

@@ -65,7 +65,8 @@ class ClassificationTask(ClassificationServing, Task):
         return TrainData(CropDataset.from_prepared(prepared, "train", transform=classification_augment()))
 
     def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:
-        crops, labels = load_array(prepared, "val", "crops"), _labels(prepared, "val")
+        cap = config.train.val_images
+        crops, labels = load_array(prepared, "val", "crops")[:cap], _labels(prepared, "val")[:cap]
         return lambda net: {"top1": topk_accuracy(predict_probs(net, crops, runtime), labels, 1)} if len(labels) else {}
 
     def evaluate(self, trained: Trained, model: nn.Module, prepared: Path, runtime: Runtime,

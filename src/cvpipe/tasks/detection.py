@@ -24,7 +24,7 @@ from torch import nn
 from cvpipe.data.arrays import load_array
 from cvpipe.data.detection_dataset import (DetectionDataset, batched_detection_augment, collate_detection,
                                            detection_augment)
-from cvpipe.data.ground_truth import detection_targets, load_ground_truth
+from cvpipe.data.ground_truth import detection_targets, first_images, load_ground_truth
 from cvpipe.device import CPU, Runtime
 from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_dense
@@ -126,7 +126,8 @@ class DetectionTask(DetectionServing, Task):
                                                         with_masks=self.with_masks), collate_detection)
 
     def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:
-        images, gt = load_array(prepared, "val", "images"), load_ground_truth(prepared, "val")
+        cap = config.train.val_images
+        images, gt = load_array(prepared, "val", "images")[:cap], first_images(load_ground_truth(prepared, "val"), cap)
 
         def validate(net: nn.Module) -> dict[str, float]:
             if len(images) == 0:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cvpipe.data.arrays import load_array
-from cvpipe.data.ground_truth import ground_truth_instances, load_ground_truth
+from cvpipe.data.ground_truth import first_images, ground_truth_instances, load_ground_truth
 from cvpipe.device import CPU, Runtime
 from cvpipe.errors import ConfigError
 from cvpipe.onnx_inference import run_onnx
@@ -61,7 +61,8 @@ class InstanceSegmentationTask(InstanceSegmentationServing, DetectionTask):
         return DecodedInstanceSegmenter(model)
 
     def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:
-        images, gt = load_array(prepared, "val", "images"), load_ground_truth(prepared, "val")
+        cap = config.train.val_images
+        images, gt = load_array(prepared, "val", "images")[:cap], first_images(load_ground_truth(prepared, "val"), cap)
 
         def validate(net: nn.Module) -> dict[str, float]:
             if len(images) == 0:

@@ -72,8 +72,9 @@ class SegmentationTask(SegmentationServing, Task):
     def validator(self, prepared: Path, config: Any, runtime: Runtime) -> Callable[[nn.Module], dict[str, float]]:
         from cvpipe.data.prepare import load_meta
 
-        images = load_array(prepared, "val", "images")
-        targets = semantic_targets(prepared, "val", config.train.binary)
+        cap = config.train.val_images
+        images = load_array(prepared, "val", "images")[:cap]
+        targets = semantic_targets(prepared, "val", config.train.binary)[:cap]
         names = self.class_names(config, load_meta(prepared))
 
         def validate(net: nn.Module) -> dict[str, float]:

@@ -70,6 +70,8 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
             for record in history:
                 on_epoch_end(int(record["epoch"]), record)
     net = distributed.wrap(model, runtime.device)  # trains; ``model`` (the same parameters) validates and is saved
+    if runtime.compile:  # the training steps only: validation, export and the saved weights use ``model``
+        net = torch.compile(net)
     for epoch in range(start_epoch + 1, epochs + 1):
         seed_everything(seed + epoch)
         net.train()
