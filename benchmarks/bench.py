@@ -143,7 +143,7 @@ def main() -> None:
     params = load_config(args.params)
     rt = params.runtime
     runtime = resolve_runtime(rt.device, amp=rt.amp, num_threads=rt.num_threads,
-                              channels_last=rt.channels_last,
+                              channels_last=rt.channels_last, cpu_amp=rt.cpu_amp,
                               resident_data_gb=rt.resident_data_gb)
     rows = [("device", f"{runtime.device} (torch threads {torch.get_num_threads()}, amp {runtime.amp})")]
     rows += bench_loading(args.prepared, args.raw_images, batch=64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -12,22 +13,30 @@ import torch
 
 from cvpipe.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Runtime:
     """Where tensors live and how they are computed."""
 
     device: torch.device
-    amp: bool  # autocast to float16 (CUDA only)
+    amp: bool  # autocast to ``amp_dtype``: float16 on CUDA (with loss scaling), bfloat16 on a CPU that has it
     channels_last: bool
     # batched augmentation holds the train split's images in memory (transposed) up to this size
     resident_data_bytes: int = 4 << 30
     compile: bool = False  # torch.compile the training steps (runtime.compile)
+    amp_dtype: torch.dtype = torch.float16
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+            return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
+
+    @property
+    def loss_scaling(self) -> bool:
+        """float16 needs the gradient scaler; bfloat16 has float32's range and does not."""
+        return self.amp and self.amp_dtype == torch.float16
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
@@ -41,10 +50,19 @@ class Runtime:
 CPU = Runtime(torch.device("cpu"), amp=False, channels_last=False)  # export, parity and latency run here
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 / AMX); elsewhere bf16 would be emulated, slowly."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int = 0, channels_last: bool = True,
-                    resident_data_gb: float = 4.0, compile: bool = False) -> Runtime:
-    """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'; AMP only ever applies on CUDA; ``channels_last`` (NHWC
-    activations and weights) on either device: oneDNN's CPU convolutions are faster in it too."""
+                    resident_data_gb: float = 4.0, compile: bool = False, cpu_amp: bool = False) -> Runtime:
+    """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'. ``amp``: float16 autocast on CUDA; ``cpu_amp``: bfloat16
+    autocast on a CPU with native bf16 (else a warning, and float32). ``channels_last`` (NHWC activations and
+    weights) on either device: oneDNN's CPU convolutions are faster in it too."""
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     if device == "auto":
@@ -53,8 +71,12 @@ def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int 
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"params.yaml: runtime.device={device!r} but no CUDA device is visible")
     on_cuda = dev.type == "cuda"
-    return Runtime(device=dev, amp=amp and on_cuda, channels_last=channels_last,
-                   resident_data_bytes=int(resident_data_gb * (1 << 30)), compile=compile)
+    bf16 = not on_cuda and cpu_amp and cpu_has_bfloat16()
+    if not on_cuda and cpu_amp and not bf16:
+        log.warning("runtime.cpu_amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in float32")
+    return Runtime(device=dev, amp=(amp and on_cuda) or bf16, channels_last=channels_last,
+                   resident_data_bytes=int(resident_data_gb * (1 << 30)), compile=compile,
+                   amp_dtype=torch.bfloat16 if bf16 else torch.float16)
 
 
 def seed_everything(seed: int) -> None:

@@ -118,8 +118,9 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
     def loss_fn(net: torch.nn.Module, batch: tuple[torch.Tensor, Any]) -> dict[str, torch.Tensor]:
         inputs, targets = batch
         if data.device_augment is not None:  # uint8 to the device (a quarter of the bytes), augmented there
-            inputs, targets = data.device_augment(inputs.to(runtime.device, non_blocking=True),
-                                                  to_device(targets, runtime.device))
+            with torch.autocast(runtime.device.type, enabled=False):  # pixels and boxes in float32 under any AMP
+                inputs, targets = data.device_augment(inputs.to(runtime.device, non_blocking=True),
+                                                      to_device(targets, runtime.device))
             return criterion(net(runtime.prepare_input(inputs)), targets)
         return criterion(net(runtime.prepare_input(inputs.float())), to_device(targets, runtime.device))
 

@@ -56,7 +56,7 @@ class ModelStage:
 
         runtime = self.params.runtime
         return resolve_runtime(runtime.device, amp=runtime.amp, num_threads=runtime.num_threads,
-                               channels_last=runtime.channels_last,
+                               channels_last=runtime.channels_last, cpu_amp=runtime.cpu_amp,
                                resident_data_gb=runtime.resident_data_gb, compile=runtime.compile)
 
 

@@ -54,7 +54,7 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
     and writes the checkpoint (the state read is broadcast), validates and calls ``on_epoch_end``.
     """
     main = distributed.world().is_main
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.loss_scaling)
     history: list[dict[str, float]] = []
     start_epoch = 0
     state = distributed.broadcast(load_checkpoint(checkpoint_path, fingerprint) if main else None)
