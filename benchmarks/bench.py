@@ -4,15 +4,20 @@
 
 Measures, on whatever device ``runtime.device`` resolves to:
 - reading a training batch from the memory-mapped arrays vs decoding the same images from PNG;
-- per configured model: the training data path alone (loader and augmentation, no model; detectors with
-  ``train.augment`` per_sample and batched), training steps on one batch, their ratio;
-- inference: batched images/s and single-image latency (p50) per model.
+- per configured model and ``train.augment`` mode (``--modes``, per_sample and batched by default): the training
+  data path alone (loader and augmentation, no model), training steps on one batch, their ratio; ``--compile``
+  adds the train steps under torch.compile;
+- inference: batched images/s and single-image latency (p50) per model;
+- on CUDA, the mean GPU utilisation during the train steps (nvidia-smi, sampled every 0.2 s).
 Needs ``data/prepared`` (run ``dvc repro prepare`` first).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +30,37 @@ from cvpipe.config import load_config
 from cvpipe.data.arrays import load_array
 from cvpipe.data.prepare import load_meta
 from cvpipe.device import eval_mode, resolve_runtime
+
+
+class GpuUtilisation:
+    """Mean GPU utilisation (%) over a block, sampled from ``nvidia-smi`` every 0.2 s in a thread; ``mean`` stays
+    None off CUDA or without nvidia-smi."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = device.type == "cuda" and shutil.which("nvidia-smi") is not None
+        self.index = device.index if device.index is not None else torch.cuda.current_device() if self.enabled else 0
+        self.samples: list[float] = []
+        self.mean: float | None = None
+
+    def _sample(self, stop: threading.Event) -> None:
+        while not stop.wait(0.2):
+            out = subprocess.run(["nvidia-smi", "-i", str(self.index), "--query-gpu=utilization.gpu",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.strip().isdigit():
+                self.samples.append(float(out.stdout.strip()))
+
+    def __enter__(self) -> "GpuUtilisation":
+        if self.enabled:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, args=(self._stop,), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self.mean = sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def _timed(fn, repeat: int) -> float:
@@ -105,7 +141,9 @@ def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment:
         if runtime.device.type == "cuda":
             torch.cuda.synchronize()
 
-    train_rate = len(x) / _timed(step, steps)
+    with GpuUtilisation(runtime.device) as gpu:
+        train_rate = len(x) / _timed(step, max(steps, 20) if gpu.enabled else steps)
+    gpu_note = f", GPU utilisation {gpu.mean:.0f}%" if gpu.mean is not None else ""
     compiled_rows = []
     if compile_too:  # the same steps through torch.compile (runtime.compile): first call compiles
         eager_model = model
@@ -124,7 +162,7 @@ def bench_model(name: str, params, prepared: Path, runtime, steps: int, augment:
         single_s = float(np.median([_timed(lambda: model(one), 1) for _ in range(20)]))
     both = 1 / (1 / data_rate + 1 / train_rate)  # one process doing both in turn
     return [(f"{name}: data path (no model)", f"{data_rate:,.0f} images/s"),
-            (f"{name}: train steps", f"{train_rate:,.0f} images/s (batch {len(x)})"),
+            (f"{name}: train steps", f"{train_rate:,.0f} images/s (batch {len(x)}){gpu_note}"),
             (f"{name}: data path / train", f"{data_rate / train_rate:.1f}x; both in turn {both:,.0f} images/s"),
             (f"{name}: inference", f"{len(x) / infer_s:,.0f} images/s batched, {single_s * 1000:.2f} ms single"),
             *compiled_rows]
