@@ -322,7 +322,8 @@ class BatchAugment:
         if len(targets) != forward.shape[0]:
             raise ValueError(f"{forward.shape[0]} images but {len(targets)} targets")
         counts = [len(t["boxes"]) for t in targets]
-        owner = torch.repeat_interleave(torch.arange(len(targets)), torch.tensor(counts)).to(forward.device)  # [K]
+        sizes = torch.tensor(counts)
+        owner = torch.repeat_interleave(torch.arange(len(targets)), sizes).to(forward.device)  # [K] image of each box
         flat_boxes = torch.cat([t["boxes"].reshape(-1, 4) for t in targets])
         moved, keep = transform_boxes(flat_boxes.to(forward), forward[owner], height, width, self.min_size)
         kept_counts = torch.zeros(len(targets), dtype=torch.long, device=keep.device).index_add_(
@@ -340,8 +341,8 @@ class BatchAugment:
                 if "masks" in t:
                     stack[i, :counts[i]] = t["masks"]
             warped = self._warp_labels("masks", stack, grid, 0.0)  # [B, M, H, W]
-            slot = torch.arange(len(owner), device=owner.device) - torch.repeat_interleave(
-                torch.tensor(counts).cumsum(0) - torch.tensor(counts), torch.tensor(counts)).to(owner.device)
+            first = torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes).to(owner.device)  # [K] image's first row
+            slot = torch.arange(len(owner), device=owner.device) - first
             split["masks"] = warped[owner, slot][keep].split(kept_counts)
         out = []
         for i, t in enumerate(targets):

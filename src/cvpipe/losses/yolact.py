@@ -76,8 +76,8 @@ class YolactLoss(YoloLoss):
         gt_masks = F.interpolate(all_masks[rows].float().unsqueeze(1), size=(proto_h, proto_w),
                                  mode="area")[:, 0]  # [P, H_p, W_p] covered fraction
         # P_b c_a for every positive as one batched product: coefficients padded per image [B, P_max, k]
-        slot = torch.arange(len(batch_idx), device=batch_idx.device) - (torch.bincount(
-            batch_idx, minlength=batch).cumsum(0) - torch.bincount(batch_idx, minlength=batch))[batch_idx]
+        per_image = torch.bincount(batch_idx, minlength=batch)
+        slot = torch.arange(len(batch_idx), device=batch_idx.device) - (per_image.cumsum(0) - per_image)[batch_idx]
         padded = coeffs.new_zeros(batch, int(slot.max()) + 1, coeffs.shape[-1])
         padded = padded.index_put((batch_idx, slot), coeffs[batch_idx, loc_idx])
         logits = torch.bmm(padded, protos.flatten(2))[batch_idx, slot].view(-1, proto_h, proto_w)  # [P, H_p, W_p]
