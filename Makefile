@@ -35,11 +35,16 @@ NPROC ?= 2
 pipeline-ddp: venv
 	$(BIN)/dvc exp run -S runtime.distributed.nproc_per_node=$(NPROC)
 
+# Tests run in parallel, one pytest worker per core (at most 4); a file whose module fixture is a pipeline run or
+# trained models is one xdist_group, run whole by one worker so the fixture is built once. Every worker and the
+# stages it starts use one torch thread (tests/conftest.py, tests/repo_support.py).
+PYTEST_PARALLEL ?= -n auto --maxprocesses 4 --dist loadgroup
+
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 bench: venv
 	$(BIN)/python benchmarks/bench.py

@@ -1,11 +1,14 @@
-"""prepare: seeded split, letterbox, train statistics and memory-mappable arrays."""
+"""prepare: seeded split, image size (an integer or ``auto``: from the data), letterbox, train statistics and
+memory-mappable arrays; the size's report (``--report``, ``--report-md``) and the MLflow run ``prepare``."""
 
 import argparse
 import logging
+from pathlib import Path
 
-from cvpipe.config import PrepareConfig, from_section, load_params
+from cvpipe.config import MlflowConfig, PrepareConfig, from_section, load_params
 from cvpipe.data.canonical import load_coco
 from cvpipe.data.prepare import prepare_dataset
+from cvpipe.data.prepare_report import log_to_mlflow, write_reports
 from cvpipe.stage import run_stage
 
 log = logging.getLogger("cvpipe.prepare")
@@ -16,13 +19,20 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--dataset", required=True, help="canonical dataset written by validate")
     parser.add_argument("--out", required=True, help="prepared arrays folder")
+    parser.add_argument("--report", type=Path, required=True, help="image size report (JSON)")
+    parser.add_argument("--report-md", type=Path, help="image size report (Markdown); default: beside --report")
     args = parser.parse_args()
+    args.report_md = args.report_md or args.report.with_suffix(".md")
     params = load_params(args.params)
     config = from_section(PrepareConfig, params.get("prepare"), "prepare")
+    mlflow_config = from_section(MlflowConfig, params.get("mlflow"), "mlflow")
     meta = prepare_dataset(load_coco(args.dataset), args.out, seed=int(params["seed"]), image_size=config.image_size,
                            fractions=(config.train_fraction, config.val_fraction, config.test_fraction),
-                           crop_size=config.crop_size, crop_context=config.crop_context)
-    log.info("prepared %s (data hash %s)", meta["splits"], meta["data_hash"])
+                           crop_size=config.crop_size, crop_context=config.crop_context, size_rule=config.size_rule())
+    report = write_reports(meta, args.report, args.report_md)
+    log_to_mlflow(report, [args.report, args.report_md], experiment=mlflow_config.experiment)
+    log.info("prepared %s at %d px (data hash %s); report %s", meta["splits"], meta["image_size"], meta["data_hash"],
+             args.report_md)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def main() -> None:
                                on_epoch_end=lambda epoch, row: mlflow.log_metrics(row, step=epoch),
                                run_id=run_id, replay_history=not continued)
         tracking.log_outcome(outcome.metrics, outcome.artifacts, "train")
+        # the choices left to the data: the schedule's reason, resolved strides, and the prepared image size
+        mlflow.set_tags({**outcome.tags, "image_size": str(load_meta(stage.prepared)["image_size"])})
     log.info("trained %s; MLflow run %s", stage.model, run_id)
 
 

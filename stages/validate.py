@@ -1,8 +1,9 @@
 """validate: import data.source into the canonical tables, check them with the GX suite, write the dataset.
 
 Outputs: the canonical dataset (COCO JSON; absent when validation fails with on_error: fail), the JSON and
-Markdown reports, and the quarantine list (header only when nothing was set aside). A data fault exits 1
-with a short message naming the rule, the count and the first offending files; never a traceback.
+Markdown reports, which open with the outcome (passed | passed with quarantine: rows set aside and the run
+went on | FAILED: the run stopped), and the quarantine list (header only when nothing was set aside). A data
+fault exits 1 with a short message naming the rule, the count and the first offending files; never a traceback.
 """
 
 import argparse
@@ -48,8 +49,17 @@ def main() -> None:
         except DataValidationError as exc:  # class table faults: reported in full, then the stage stops
             refusal = exc
     files = report.files.loc[report.checked.images["file_name"].isin(kept.images["file_name"]).to_numpy()]
+    goes_on = refusal is None and (report.success or config.on_error == "quarantine")
+    empty = [name for name, table in (("images", kept.images), ("annotations", kept.annotations),
+                                      ("classes", kept.categories)) if table.empty] if goes_on else []
+    stopped = None
+    if refusal is not None:
+        stopped = "the class table breaks rules that quarantine cannot set aside"
+    elif empty:
+        stopped = f"no {' and no '.join(empty)} left to train on" + (" after the quarantine" if quarantined else "")
     result = summary(report, dataset_stats(kept, files), quarantined, kept, config.max_examples,
-                     {"source": data.source, "path": data.path})
+                     {"source": data.source, "path": data.path}, on_error=config.on_error, stopped=stopped,
+                     quarantine_file=str(args.quarantine))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
     write_markdown(result, args.report_md, config.max_examples)
@@ -58,13 +68,10 @@ def main() -> None:
     if refusal is not None:
         raise DataValidationError(f"{refusal}\nfull report: {args.report} and {args.report_md}")
     if quarantined:
-        log.warning("quarantined %d images and %d annotations (%s); kept %d images", result["quarantine"]["images"],
-                    result["quarantine"]["annotations"], args.quarantine, len(kept.images))
+        log.warning("%s", result["headline"])
     if not report.success and config.on_error == "fail":
         raise DataValidationError(f"{report.message(config.max_examples)}\nfull report: {args.report} "
                                   f"and {args.report_md}")
-    empty = [name for name, table in (("images", kept.images), ("annotations", kept.annotations),
-                                      ("classes", kept.categories)) if table.empty]
     if empty:  # nothing to train on: a clear stop, never an empty dataset handed to prepare
         where = (f"left after validation ({len(quarantined)} rows quarantined, see {args.quarantine})" if quarantined
                  else f"in the source ({len(kept.images)} images, {len(kept.annotations)} objects)")

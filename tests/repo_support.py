@@ -29,19 +29,22 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The test interpreter's environment without MLflow/DVC overrides, its venv first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "CVPIPE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    if "PYTEST_XDIST_WORKER" in os.environ:  # parallel test workers: the stages they start take one core each
+        env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
 
 
 def tiny_params(params: dict, models: list[str]) -> dict:
-    """40 images of 64 px, one epoch, ``models`` only, few latency runs and bootstrap resamples."""
+    """40 images of 64 px, one epoch of one pass (``min_steps`` off), ``models`` only, few latency runs and
+    bootstrap resamples."""
     params["pipeline"]["models"] = list(models)
     params["data"]["shapes"].update(num_images=40, image_size=64, max_objects=4, min_object_size=12,
                                     max_object_size=28)
     params["prepare"].update(image_size=64, crop_size=32)
     params["models"]["classifier"]["train"]["model"]["width"] = 8
     for name in models:
-        params["models"][name]["train"]["epochs"] = 1
+        params["models"][name]["train"].update(epochs=1, min_steps=None)  # one pass: no step floor on tiny data
     params["export"].update(latency_runs=2, parity_images=16)
     params["promote"].update(resamples=50, latency_runs=3)
     return params
@@ -94,14 +97,15 @@ def apt_install(package: str, binary_check: "callable") -> str | None:
     if os.geteuid() != 0:
         return f"{package} is not installed and apt-get needs root (uid {os.geteuid()})"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in (["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-                 ["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]):
+    wait = ["-o", "DPkg::Lock::Timeout=600"]  # another test worker may hold apt's lock: wait for it
+    for args in (["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", package],
+                 ["apt-get", *wait, "update", "-qq"],
+                 ["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", package]):
         try:
             result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
         except subprocess.TimeoutExpired:
             return f"`{' '.join(args)}` timed out"
-        if args[1] == "install" and result.returncode == 0 and binary_check():
+        if "install" in args and result.returncode == 0 and binary_check():
             return None
     return f"apt-get install {package} failed: {result.stderr.strip()[-500:]}"
 

@@ -436,6 +436,8 @@ def test_quarantine_that_leaves_nothing_stops_with_a_clear_message(tmp_path, sta
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = fail_line(result.stderr, "dataset not empty")
     assert "no images and no annotations left after validation (4 rows quarantined" in line
+    report = json.loads((out / "validation.json").read_text())  # quarantine mode, yet nothing went on: FAILED
+    assert report["status"] == "FAILED" and "left to train on after the quarantine" in report["headline"]
     assert json.loads((out / "validation.json").read_text())["quarantine"]["images"] == 2
 
 
@@ -527,4 +529,5 @@ def test_stage_refuses_class_table_faults_in_quarantine_mode_after_writing_the_r
     line = fail_line(result.stderr, "class names unique ignoring case and spaces")
     assert "annotations.json" in line and "name=Cat" in line
     assert "class table faults cannot be quarantined" in result.stderr
-    assert json.loads((out / "validation.json").read_text())["success"] is False
+    report = json.loads((out / "validation.json").read_text())
+    assert report["success"] is False and report["status"] == "FAILED"  # quarantine mode, but the run stopped

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from cvpipe.data.batch_augment import AugmentParams, BatchAugment, affine_matrices, sampling_grid, transform_boxes
+from cvpipe.data.batch_augment import (AugmentParams, BatchAugment, affine_matrices, elastic_displacement,
+                                     sampling_grid, transform_boxes)
 
 GEOMETRY_ONLY = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
 IDENTITY = dict(hflip=0.0, vflip=0.0, translate=(0.0, 0.0), scale=(1.0, 1.0), **GEOMETRY_ONLY)
@@ -188,3 +189,87 @@ def test_every_task_trains_with_batched_augmentation_deterministically(arch, tin
     assert curves[0] == curves[1]
     assert curves[0][-1] < curves[0][0]
 
+
+
+# -- elastic deformation (label maps only) ---------------------------------------------------------------------------
+
+def _checkerboard(batch: int, size: int, cell: int) -> torch.Tensor:
+    """int64 label maps [B, size, size]: a checkerboard of classes 1 and 2 in ``cell`` px squares."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (1 + ((ys // cell + xs // cell) % 2)).expand(batch, size, size).clone()
+
+
+def test_elastic_with_zero_displacements_is_the_affine_path_exactly() -> None:
+    """A zero coarse field (elastic_std 0 in effect) gives exactly the output without elastic deformation."""
+    images = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(20))
+    labels = _checkerboard(3, 40, 5)
+    aug = BatchAugment(**GEOMETRY_ONLY)
+    params = aug.draw(3, 40, 40, torch.Generator().manual_seed(21))
+    flat = AugmentParams(**{**params.__dict__, "elastic": torch.zeros(3, 2, 3, 3)})
+    plain, zero = aug(images, semantic=labels, params=params), aug(images, semantic=labels, params=flat)
+    assert torch.equal(plain.images, zero.images) and torch.equal(plain.semantic, zero.semantic)
+    assert torch.equal(elastic_displacement(torch.zeros(2, 2, 3, 3), 16, 24), torch.zeros(2, 2, 16, 24))
+    assert BatchAugment(elastic_std=0.0).draw(2, 8, 8, torch.Generator()).elastic is None  # off: nothing drawn
+
+
+def test_elastic_field_is_smooth_and_hits_the_coarse_points() -> None:
+    """The dense field passes through the coarse displacements at the corners and centre (align_corners), in
+    normalised units 2 · fraction, and varies slowly between them."""
+    coarse = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(22)) * 0.05
+    dense = elastic_displacement(coarse, 33, 33)
+    for (i, j), (r, c) in {(0, 0): (0, 0), (1, 1): (16, 16), (2, 2): (32, 32), (0, 2): (0, 32)}.items():
+        assert torch.allclose(dense[0, :, r, c], 2 * coarse[0, :, i, j], atol=1e-6)
+    assert dense.diff(dim=-1).abs().max() < 4 * 0.05 * 2 * 3 / 32  # no jumps: a few coarse steps over 32 px
+
+
+def test_elastic_moves_images_and_label_maps_together() -> None:
+    """An image channel equal to the label map (×100) goes through the same warp as the label map (both nearest):
+    the warped channel is the warped map wherever the map is not ignore; ignore (255) only where the source is off
+    the image, and only the labels of the input appear."""
+    labels = _checkerboard(6, 48, 6)
+    images = (labels * 100).to(torch.uint8)[:, None].expand(6, 3, 48, 48).contiguous()
+    aug = BatchAugment(scale=(0.9, 1.1), elastic_std=0.06, **GEOMETRY_ONLY)
+    out = aug(images, semantic=labels, generator=torch.Generator().manual_seed(23))
+    assert set(out.semantic.unique().tolist()) <= {1, 2, 255}
+    inside = out.semantic != 255
+    assert torch.equal(out.images[:, 0][inside].long(), out.semantic[inside] * 100)
+    assert (out.images[:, 0][~inside] == 114).all()  # the letterbox grey where the border is exposed
+    plain = BatchAugment(scale=(0.9, 1.1), **GEOMETRY_ONLY)(images, semantic=labels,
+                                                           generator=torch.Generator().manual_seed(23))
+    assert not torch.equal(out.semantic, plain.semantic)  # the field did move pixels
+
+
+def test_elastic_is_seeded_and_bilinear_images_stay_in_range() -> None:
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(24))
+    labels = _checkerboard(4, 32, 4)
+    aug = BatchAugment(elastic_std=0.05, elastic_grid=4, interpolation="bilinear", out_dtype=torch.float32)
+    first, again, other = (aug(images, semantic=labels, generator=torch.Generator().manual_seed(s))
+                           for s in (25, 25, 26))
+    assert torch.equal(first.images, again.images) and torch.equal(first.semantic, again.semantic)
+    assert not torch.equal(first.semantic, other.semantic)
+    assert 0 <= first.images.min() and first.images.max() <= 255
+    # the affine and colour draws are those of the same seed without elastic: the field is drawn after them
+    plain = BatchAugment().draw(4, 32, 32, torch.Generator().manual_seed(25))
+    drawn = aug.draw(4, 32, 32, torch.Generator().manual_seed(25))
+    assert torch.equal(plain.scale, drawn.scale) and drawn.elastic.shape == (4, 2, 4, 4)
+
+
+def test_elastic_refuses_boxes() -> None:
+    aug = BatchAugment(elastic_std=0.02)
+    with pytest.raises(ValueError, match="label maps only"):
+        aug(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), [{"boxes": torch.zeros(0, 4)}], generator=torch.Generator())
+    with pytest.raises(ValueError, match="elastic_std"):
+        BatchAugment(elastic_std=-0.1)
+
+
+def test_elastic_is_a_segmentation_key_that_needs_batched_augmentation() -> None:
+    from cvpipe.errors import ConfigError
+    from tests.conftest import model_config
+
+    config = model_config({"task": "segmentation", "train": {"arch": "unet", "augment": "batched",
+                                                             "elastic": {"std": 0.02}}})
+    assert (config.train.elastic.std, config.train.elastic.grid) == (0.02, 3)
+    with pytest.raises(ConfigError, match="needs train.augment: batched"):
+        model_config({"task": "segmentation", "train": {"arch": "unet", "elastic": {"std": 0.02}}})
+    with pytest.raises(ConfigError, match=r"models\.m\.train\.elastic"):  # boxes cannot follow it: no such key
+        model_config({"task": "detection", "train": {"arch": "yolo", "augment": "batched", "elastic": {}}})

@@ -21,6 +21,10 @@ SECTION = {"task": "classification", "train": {"arch": "small_resnet", "epochs":
                                                "model": {"width": 16}}}
 
 
+# one xdist worker runs the whole file: its module fixtures (trained models) are built once
+pytestmark = pytest.mark.xdist_group("test_distributed")
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """160 tiny scenes (~300 training crops): enough for the classifier to learn something in 15 epochs."""

@@ -19,7 +19,8 @@ from scipy import ndimage
 from repo_support import clean_env, copy_repo, tiny_params
 from repo_support import run as _run
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs the whole file: its module fixture (a pipeline run) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_isbi")]
 log = logging.getLogger(__name__)
 SIZE = 64  # px, square
 IMAGES = 24

@@ -18,7 +18,8 @@ import pytest
 
 from repo_support import apt_install, clean_env, free_port, run, stop, tiny_repo, wait_for_http
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs the whole file: its module fixture (a pipeline run) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_lifecycle_pipeline")]
 CVPIPE = str(Path(sys.executable).parent / "cvpipe")
 
 

@@ -15,7 +15,8 @@ import yaml
 from repo_support import REPO, clean_env, tiny_repo
 from repo_support import run as _run
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs the whole file: its module fixture (a pipeline run) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_pipeline_integration")]
 
 
 @pytest.fixture(scope="module")

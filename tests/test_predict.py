@@ -23,6 +23,10 @@ from tests.test_task_contract import _config
 ONE_PER_TASK = ["small_resnet", "yolo", "unet", "yolact"]
 
 
+# one xdist worker runs the whole file: its module fixtures (trained models) are built once
+pytestmark = pytest.mark.xdist_group("test_predict")
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_prepared, tmp_path_factory):
     """arch → its models/<m> folder (model.onnx with the tuned thresholds), trained tiny."""

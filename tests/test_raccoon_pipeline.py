@@ -11,7 +11,8 @@ from repo_support import clean_env, copy_repo
 from repo_support import run as _run
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
-pytestmark = pytest.mark.slow
+# one xdist worker runs the whole file: its module fixture (a pipeline run) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_raccoon_pipeline")]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def raccoon_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         params["data"]["voc"] = {"images": "images", "annotations": "annotations"}
         params["pipeline"]["models"] = ["yolo"]
         params["prepare"].update(image_size=64, crop_size=32)
-        params["models"]["yolo"]["train"].update(epochs=1, batch_size=32)
+        params["models"]["yolo"]["train"].update(epochs=1, batch_size=32, min_steps=None)
         params["export"].update(latency_runs=2, parity_images=8)
 
     env = clean_env()

@@ -176,7 +176,8 @@ def test_stage_fail_exits_1_with_rule_file_and_reports_but_no_traceback(faulty_v
     assert "rule 'image file decodes'" in result.stderr
     assert not (out / "dataset.json").exists()
     report = json.loads((out / "validation.json").read_text())
-    assert not report["success"] and report["quarantine"]["count"] == 0
+    assert not report["success"] and report["quarantine"]["count"] == 0 and report["status"] == "FAILED"
+    assert (out / "validation.md").read_text().startswith("# Dataset validation: FAILED\n\n**FAILED: rules broken")
     assert "**broken**" in (out / "validation.md").read_text()
 
 
@@ -200,6 +201,14 @@ def test_stage_quarantine_keeps_every_good_item_lists_every_bad_one_and_logs_cou
     assert {r["rule"] for r in rows} == {"image file exists", "image file decodes", "box width positive",
                                          "image quarantined"}
     assert {r["file"] for r in rows if r["table"] == "images"} == bad_files
+    # the run went on: the reports say so first, never "FAILED"
+    assert report["status"] == "passed with quarantine"
+    headline = (f"PASSED WITH QUARANTINE: 2 images / {q['annotations']} annotations set aside (see "
+                f"{out / 'quarantine.csv'}); the run continued with {len(kept['images'])} images")
+    assert report["headline"].startswith(headline) and headline in result.stderr
+    markdown = (out / "validation.md").read_text()
+    assert markdown.startswith(f"# Dataset validation: passed with quarantine\n\n**{headline}")
+    assert "FAILED" not in markdown
     assert len({(r["table"], r["ann_id"], r["file"]) for r in rows}) == q["count"]
     from mlflow.tracking import MlflowClient
 

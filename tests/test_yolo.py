@@ -277,3 +277,28 @@ def test_pad_targets_by_hand():
     assert not boxes[0, 2].any() and not boxes[1].any()
     empty = pad_targets([targets[1], targets[1]])
     assert empty[0].shape == (2, 0, 4) and empty[2].shape == (2, 0)
+
+
+def test_auto_strides_extend_the_levels_until_the_coarsest_takes_the_largest_objects():
+    from cvpipe.matching.grid_assignment import strides_for_objects
+
+    assert strides_for_objects(54.0) == (8, 16)  # the embedded scenes: 4 · 16 = 64 ≥ 54, today's default
+    assert strides_for_objects(64.0) == (8, 16)
+    assert strides_for_objects(65.0) == (8, 16, 32)  # e.g. raccoons at 128 px (up to ~123 px long)
+    assert strides_for_objects(1000.0) == (8, 16, 32)  # capped: sizes are multiples of 32
+    assert strides_for_objects(None) == (8, 16)  # no box statistics: the built-in levels
+
+
+def test_the_detection_task_resolves_auto_strides_from_the_prepared_statistics():
+    from cvpipe.registry import get_task
+    from tests.conftest import model_config
+
+    task = get_task("detection")
+    config = model_config({"task": "detection", "train": {"arch": "yolo", "model": {"width": 8, "strides": "auto"}}})
+    big = {"image_size": 128, "image_size_choice": {"classes": [{"high_long_side_px": 40.0},
+                                                                {"high_long_side_px": 100.0}]}}
+    resolved = task.resolve_config(config, big)
+    assert resolved.train.model == {"width": 8, "strides": [8, 16, 32]} and config.train.model["strides"] == "auto"
+    assert task.resolve_config(config, {"image_size": 128}).train.model["strides"] == [8, 16]
+    fixed = model_config({"task": "detection", "train": {"arch": "yolo", "model": {"strides": [8, 16]}}})
+    assert task.resolve_config(fixed, big) is fixed

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
@@ -20,6 +20,9 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from typing_extensions import Annotated
 
 from cvpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cvpipe.data.image_size import AutoSizeRule
 
 T = TypeVar("T")
 STRICT_KEYS = ConfigDict(extra="forbid")  # an unknown key is an error, never silently ignored
@@ -142,7 +145,16 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    image_size: int = 128  # px, images are letterboxed to this square
+    """prepare: the letterbox size (an integer, or ``auto``: chosen from the data by the rule of
+    :mod:`cvpipe.data.image_size`, whose parameters are the ``auto_*`` keys), the split and the crops."""
+
+    image_size: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"  # px, images are letterboxed to this square
+    # auto: smallest multiple of 32 at which, in every class, the auto_percentile-th percentile of object short
+    # sides is ≥ auto_min_object_px, within [auto_min_size, min(auto_max_size, the images' median longer side)]
+    auto_min_object_px: Annotated[float, Field(gt=0)] = 8.0  # px: one cell of the finest detector stride (8)
+    auto_percentile: Annotated[float, Field(ge=0, lt=50)] = 5.0  # % of a class's objects allowed below that
+    auto_min_size: Annotated[int, Field(ge=32)] = 128  # px, floor: the size the default hyper-parameters were tuned at
+    auto_max_size: Annotated[int, Field(ge=32)] = 640  # px, cap (memory and time grow with its square)
     train_fraction: float = 0.7
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -153,6 +165,19 @@ class PrepareConfig:
         total = self.train_fraction + self.val_fraction + self.test_fraction
         if abs(total - 1.0) > 1e-6:
             raise ConfigError(f"params.yaml: prepare split fractions sum to {total}, not 1")
+        for name in ("auto_min_size", "auto_max_size"):
+            if getattr(self, name) % 32:
+                raise ConfigError(f"params.yaml: prepare.{name} must be a multiple of 32, got {getattr(self, name)}")
+        if self.auto_min_size > self.auto_max_size:
+            raise ConfigError(f"params.yaml: prepare.auto_min_size ({self.auto_min_size}) is larger than "
+                              f"prepare.auto_max_size ({self.auto_max_size})")
+
+    def size_rule(self) -> "AutoSizeRule":
+        """The ``auto_*`` keys as the rule's typed arguments (imported here: validate reads this module too)."""
+        from cvpipe.data.image_size import AutoSizeRule
+
+        return AutoSizeRule(min_object_px=self.auto_min_object_px, percentile=self.auto_percentile,
+                            min_size=self.auto_min_size, max_size=self.auto_max_size)
 
 
 @dataclass(frozen=True)

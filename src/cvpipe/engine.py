@@ -3,7 +3,8 @@
 Files (``model_dir`` = models/<name>, ``report_dir`` = reports/<name>), the same for every task:
 
 - train:    model_dir/model.pt (CPU weights, the typed model config as trained, the data facts the model needs
-            to be rebuilt), model_dir/checkpoints/last.pt (resume point), report_dir/training.csv (DVC plot)
+            to be rebuilt, the resolved schedule), model_dir/checkpoints/last.pt (resume point),
+            report_dir/training.csv (DVC plot: one row per epoch, ``steps`` = optimizer steps so far)
 - evaluate: report_dir/metrics.json (the task's test metrics + single-image latency), report_dir/evaluate/
             (the task's tables and figures)
 - tune:     model_dir/thresholds.json (the operating point), report_dir/tune.json (validation choice, test
@@ -44,8 +45,12 @@ from cvpipe.task_config import dump_config, load_model_config
 from cvpipe.tasks.base import StageOutcome, Task, TrainData, Trained, latency_ms, numeric, write_json
 from cvpipe.training.checkpoint import fingerprint, load_checkpoint
 from cvpipe.training.loop import adamw_one_cycle, fit
+from cvpipe.training.schedule import Repeated, Schedule, resolve_schedule
 
 log = logging.getLogger(__name__)
+# train.model keys naming starting weights (backbone or whole zoo model): a trained model is rebuilt without them,
+# its own weights follow, so the starting file need not exist any more
+STARTING_WEIGHT_KEYS = ("backbone_weights", "weights")
 
 
 def model_inputs(task: Task, prepared: Path, split: str) -> np.ndarray:
@@ -63,9 +68,10 @@ def build(task: Task, config: Any, meta: dict[str, Any], *, pretrained: bool = T
     """The configured architecture for the prepared data described by ``meta`` (random init, then the
     configured pretrained and backbone weights unless ``pretrained`` is False: a trained model's own weights
     follow, so the starting weights need not be there any more)."""
+    config = task.resolve_config(config, meta)  # a no-op for a trained model's (already resolved) config
     train = config.train
     if not pretrained:
-        model_kwargs = {k: v for k, v in train.model.items() if k != "backbone_weights"}
+        model_kwargs = {k: v for k, v in train.model.items() if k not in STARTING_WEIGHT_KEYS}
         train = dataclasses.replace(train, pretrained=None, model=model_kwargs)
     model = build_model(config.task, train, **task.model_arguments(config, meta), **(init or {}))
     task.check_model(model, config)
@@ -76,14 +82,30 @@ def checkpoint_path(model_dir: Path) -> Path:
     return model_dir / "checkpoints" / "last.pt"
 
 
-def run_fingerprint(config: Any, meta: dict[str, Any], seed: int) -> str:
-    """What a checkpoint must match to be resumed: the train params, the data, the seed and the code."""
-    return fingerprint(dump_config(config.train), meta["data_hash"], seed, code_hash(config.task, config.train.arch))
+def train_schedule(config: Any, items: int) -> Schedule:
+    """The resolved schedule of ``config.train`` over ``items`` training items in this (torchrun) world:
+    ``train.epochs``, with more passes per epoch where ``train.min_steps`` asks (:mod:`cvpipe.training.schedule`)."""
+    cfg = config.train
+    return resolve_schedule(epochs=cfg.epochs, min_steps=cfg.min_steps, items=items,
+                            batch_size=distributed.per_rank_batch(cfg.batch_size), ranks=distributed.world().size)
+
+
+def run_fingerprint(config: Any, meta: dict[str, Any], seed: int, schedule: Schedule) -> str:
+    """What a checkpoint must match to be resumed: the train params, the data, the seed, the code and the
+    resolved schedule (its steps are the one-cycle schedule's length)."""
+    return fingerprint(dump_config(config.train), meta["data_hash"], seed, code_hash(config.task, config.train.arch),
+                       schedule.plan())
 
 
 def resumable_run_id(config: Any, *, prepared: Path, model_dir: Path, seed: int) -> str | None:
     """The MLflow run of the checkpoint that :func:`train` would resume, if there is one."""
-    state = load_checkpoint(checkpoint_path(model_dir), run_fingerprint(config, load_meta(prepared), seed))
+    task, meta = get_task(config.task), load_meta(prepared)
+    items = len(model_inputs(task, prepared, "train"))
+    if items == 0:
+        return None
+    config = task.resolve_config(config, meta)
+    schedule = train_schedule(config, items)
+    state = load_checkpoint(checkpoint_path(model_dir), run_fingerprint(config, meta, seed, schedule))
     return None if state is None else state.get("mlflow_run_id")
 
 
@@ -91,11 +113,15 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
           on_epoch_end: Callable[[int, dict[str, float]], None], run_id: str | None = None,
           replay_history: bool = False) -> StageOutcome:
     """Train ``config`` (a typed model section) with AdamW + one-cycle, resuming from the checkpoint of the same
-    params, data and code; writes model.pt and training.csv. ``run_id`` (the MLflow run) is kept in the
-    checkpoint so a resumed training continues that run; ``replay_history`` re-reports the epochs a resumed
-    checkpoint holds (for a run that has not seen them)."""
+    params, data and code; writes model.pt and training.csv. The schedule is resolved from the training split's
+    size (:func:`train_schedule`), logged, returned as ``schedule_*`` metrics and the ``schedule`` tag (its reason
+    in words), and stored in model.pt. ``run_id`` (the MLflow run) is kept in the checkpoint so a resumed training
+    continues that run; ``replay_history`` re-reports the epochs a resumed checkpoint holds (for a run that has
+    not seen them)."""
     task = get_task(config.task)
     meta = load_meta(prepared)
+    asked, config = config, task.resolve_config(config, meta)  # e.g. strides: auto; model.pt stores the result
+    resolved_tags = {} if config == asked else {"resolved_train_model": json.dumps(config.train.model)}
     cfg = config.train
     runtime = dataclasses.replace(runtime, device=distributed.init(runtime.device))  # torchrun: this rank's device
     main = distributed.world().is_main
@@ -106,13 +132,18 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
     data = fetched_whole(task.train_data(prepared, config), runtime)
     if len(data.dataset) == 0:
         raise ConfigError(f"{prepared}/train holds no {task.input_array}: nothing to train on")
+    schedule = train_schedule(config, len(data.dataset))
+    if main:
+        log.info("schedule: %s", schedule.reason)
+    # more than one pass per epoch (train.min_steps on a small split): the sampler shuffles that many copies
+    epoch_data = data.dataset if schedule.passes == 1 else Repeated(data.dataset, schedule.passes)
     # only rank 0 validates: the other ranks never load the validation split
     validate = task.validator(prepared, config, runtime) if main else (lambda net: {})
 
     def make_batches(epoch: int) -> DataLoader:
-        shard = distributed.sampler(data.dataset, seed, epoch)  # None for one process: the loader shuffles
-        return DataLoader(data.dataset, batch_size=batch_size, shuffle=shard is None, sampler=shard,
-                          collate_fn=data.collate, drop_last=len(shard or data.dataset) > batch_size,
+        shard = distributed.sampler(epoch_data, seed, epoch)  # None for one process: the loader shuffles
+        return DataLoader(epoch_data, batch_size=batch_size, shuffle=shard is None, sampler=shard,
+                          collate_fn=data.collate, drop_last=len(shard or epoch_data) > batch_size,
                           generator=torch.Generator().manual_seed(seed + epoch))
 
     def loss_fn(net: torch.nn.Module, batch: tuple[torch.Tensor, Any]) -> dict[str, torch.Tensor]:
@@ -124,13 +155,15 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
             return criterion(net(runtime.prepare_input(inputs)), targets)
         return criterion(net(runtime.prepare_input(inputs.float())), to_device(targets, runtime.device))
 
+    if len(make_batches(0)) != schedule.steps_per_epoch:  # the plan and the loader must agree: the LR schedule
+        raise RuntimeError(f"schedule plans {schedule.steps_per_epoch} steps per epoch, the loader makes "
+                           f"{len(make_batches(0))}")
     optimizer, scheduler = adamw_one_cycle(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           total_steps=cfg.epochs * len(make_batches(0)),
-                                           pct_start=cfg.warmup_fraction,
+                                           total_steps=schedule.total_steps, pct_start=cfg.warmup_fraction,
                                            backbone_lr_factor=cfg.backbone_lr_factor)
     result = fit(model, runtime=runtime, make_batches=make_batches, loss_fn=loss_fn, evaluate=validate,
-                 optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, seed=seed,
-                 checkpoint_path=checkpoint_path(model_dir), fingerprint=run_fingerprint(config, meta, seed),
+                 optimizer=optimizer, scheduler=scheduler, epochs=schedule.epochs, seed=seed,
+                 checkpoint_path=checkpoint_path(model_dir), fingerprint=run_fingerprint(config, meta, seed, schedule),
                  on_epoch_end=on_epoch_end, grad_clip=cfg.grad_clip,
                  checkpoint_extra={"mlflow_run_id": run_id} if run_id else None, replay_history=replay_history,
                  validate_every=cfg.val_every)
@@ -141,12 +174,14 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
     model_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(result.history).to_csv(report_dir / "training.csv", index=False)
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": dump_config(config),
-                "meta": {k: meta[k] for k in task.meta_keys}}, model_dir / "model.pt")
+                "meta": {k: meta[k] for k in task.meta_keys}, "schedule": schedule.report()}, model_dir / "model.pt")
     final = result.history[-1]
     metrics = {"final_train_loss": final["train_loss"],
                **{f"final_{name}": final.get(name, 0.0) for name in task.final_metrics},
-               "resumed_from_epoch": float(result.resumed_from_epoch)}
-    return StageOutcome(metrics=metrics, artifacts=[model_dir / "model.pt", report_dir / "training.csv"])
+               "resumed_from_epoch": float(result.resumed_from_epoch),
+               **{f"schedule_{k}": float(v) for k, v in schedule.plan().items()}}
+    return StageOutcome(metrics=metrics, artifacts=[model_dir / "model.pt", report_dir / "training.csv"],
+                        tags={"schedule": schedule.reason, **resolved_tags})
 
 
 def fetched_whole(data: TrainData, runtime: Runtime) -> TrainData:

@@ -31,6 +31,9 @@ class TrainConfig:
 
     arch: str
     epochs: PositiveInt = 20
+    # optimizer steps the schedule must reach: when epochs x steps per pass over the training split fall short (a
+    # small dataset), every epoch makes more shuffled passes over it (cvpipe.training.schedule); null = one pass
+    min_steps: PositiveInt | None = None
     val_every: PositiveInt = 1  # validation metrics every N epochs and after the last (training.csv: empty between)
     # validation metrics on the first N validation images only (crops for the classifier); null = all. Prepare
     # shuffled the split with the seed, so they are a fixed random subset; evaluate and tune still use all
@@ -57,8 +60,24 @@ class DetectorTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class ElasticConfig:
+    """train.elastic of a segmenter: smooth random deformations of images and label maps (Simard et al. 2003, the
+    U-Net paper), composed into the batched augmentation's sampling grid (:mod:`cvpipe.data.batch_augment`)."""
+
+    # std of the displacement at each coarse point, as a fraction of the image side (U-Net: 10 px of 512 ≈ 0.02)
+    std: Annotated[float, Field(ge=0.0, le=0.25)] = 0.02
+    grid: Annotated[int, Field(ge=2, le=32)] = 3  # coarse points per side, bicubically upsampled (U-Net: 3 x 3)
+
+
+@dataclass(frozen=True)
 class SegmenterTrainConfig(TrainConfig):
     binary: bool = False  # one foreground class (sigmoid + threshold) instead of K classes (softmax)
+    elastic: ElasticConfig | None = None  # null = no elastic deformation; needs augment: batched
+
+    def __post_init__(self) -> None:
+        if self.elastic is not None and self.augment != "batched":
+            raise ValueError("train.elastic deforms whole batches on the device: it needs train.augment: batched "
+                             f"(got {self.augment!r}); set elastic: null for per_sample augmentation")
 
 
 @dataclass(frozen=True)

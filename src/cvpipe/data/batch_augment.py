@@ -1,6 +1,7 @@
 """Batched augmentation of a whole training batch on its own device (CPU or CUDA, same code): flips,
-scale/translate(/rotate) affine and colour jitter, with boxes, instance masks and semantic masks moved by the
-same per-image matrices. Opt-in; the datasets' per-sample ``transforms.v2`` path is unchanged.
+scale/translate(/rotate) affine, optional elastic deformation (label maps only) and colour jitter, with boxes,
+instance masks and semantic masks moved by the same per-image matrices. Opt-in; the datasets' per-sample
+``transforms.v2`` path is unchanged.
 
 The augmentation family and parameter meanings follow :func:`cvpipe.data.detection_dataset.detection_augment`
 (RandomHorizontalFlip, RandomVerticalFlip, RandomAffine(translate, scale), ColorJitter, ClampBoundingBoxes,
@@ -29,6 +30,25 @@ source point off the image then reads the ring, so the exposed border is the let
 ``image - fill`` would. In the padded frame the normalised source coordinate is ``n' = n · W / (W + 2)`` (and the
 same with ``H``), so ``theta``'s rows are scaled by those factors. Instance masks are sampled the same way with
 nearest sampling and a ring of 0; semantic masks with a ring of ``IGNORE_INDEX`` (255).
+
+Elastic deformation
+-------------------
+Simard et al. (2003) and the U-Net paper (Ronneberger et al. 2015): random displacement vectors on a coarse
+``g x g`` grid (U-Net: 3 x 3, Gaussian with 10 px std on 572 px tiles), upsampled bicubically to a smooth dense
+field. Per image, ``z ~ N(0, I)`` of shape [2, g, g] (x then y), ``elastic_std`` a fraction of the image side::
+
+    d_n = bicubic_{g x g -> H x W}(2 · elastic_std · z)       # [2, H, W], normalised units (px · 2 / size)
+    grid(q) = theta q + d_n(q)                                # output q samples the source at the affine
+                                                              # pre-image moved by d
+
+so a coarse point moves by ``elastic_std · size · z`` px (std ``elastic_std · W`` in x, ``· H`` in y) and the field
+is smooth between them (``align_corners=True``: the coarse points sit on the outer pixel centres, the middle one at
+the image centre). The displacement is added to the sampling grid the affine warp already builds (scaled by the
+padded frame's ``size / (size + 2)`` like ``theta``), so images and label maps move through one ``grid_sample``
+each, as without it: images bilinear or nearest, label maps nearest with the exposed border = ``ignore_index``.
+``elastic_std = 0`` draws nothing and is the plain affine path exactly. The forward map of the deformation has no
+closed form, so boxes cannot follow it: elastic deformation is for label maps (semantic segmentation) only, and a
+batch with boxes or per-image targets is a ValueError.
 
 Boxes: the 4 corners of each box go through ``A``, the enclosing axis-aligned box is taken (exact for flips,
 scale and translation; a superset under rotation, as torchvision), clipped to ``[0, W] x [0, H]``, and boxes
@@ -87,9 +107,10 @@ class AugmentParams:
     contrast: torch.Tensor    # factor, 1 = unchanged
     saturation: torch.Tensor  # factor, 1 = unchanged
     hue: torch.Tensor         # fraction of a turn, 0 = unchanged
+    elastic: torch.Tensor | None = None  # [B, 2, g, g] coarse displacements (x, y), fractions of the side; None: off
 
     def to(self, device: torch.device) -> "AugmentParams":
-        return AugmentParams(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return AugmentParams(**{k: None if v is None else v.to(device) for k, v in self.__dict__.items()})
 
     @classmethod
     def identity(cls, batch: int) -> "AugmentParams":
@@ -139,6 +160,12 @@ def sampling_grid(theta: torch.Tensor, height: int, width: int, out: torch.Tenso
         torch.add((theta[:, r, 0, None] * xs + theta[:, r, 2, None]).view(batch, 1, width),
                   (theta[:, r, 1, None] * ys).view(batch, height, 1), out=planes[:, r])
     return planes.permute(0, 2, 3, 1)
+
+
+def elastic_displacement(coarse: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """coarse displacements [B, 2, g, g] (x, y; fractions of the image side) → dense field [B, 2, H, W] in
+    normalised ``grid_sample`` units (2 · fraction), bicubic with the coarse points on the outer pixel centres."""
+    return F.interpolate(coarse * 2.0, size=(height, width), mode="bicubic", align_corners=True)
 
 
 def transform_boxes(boxes: torch.Tensor, matrices: torch.Tensor, height: int, width: int,
@@ -194,13 +221,16 @@ class BatchAugment:
 
     interpolation: "nearest" (``RandomAffine``'s default, and the fastest) or "bilinear", for images only;
     masks are always nearest. Exact no-op when every range is zero and flip probabilities are 0.
+    elastic_std (fraction of the image side; 0 = off) and elastic_grid (coarse points per side): the elastic
+    deformation of the module docstring, for images with ``semantic`` label maps only.
     """
 
     def __init__(self, *, hflip: float = 0.5, vflip: float = 0.5, degrees: float = 0.0,
                  translate: tuple[float, float] = (0.1, 0.1), scale: tuple[float, float] = (0.8, 1.2),
                  brightness: float = 0.25, contrast: float = 0.25, saturation: float = 0.25, hue: float = 0.04,
                  fill: float = 114.0, ignore_index: int = 255, min_size: float = 2.0,
-                 interpolation: str = "nearest", out_dtype: torch.dtype = torch.uint8) -> None:
+                 interpolation: str = "nearest", out_dtype: torch.dtype = torch.uint8, elastic_std: float = 0.0,
+                 elastic_grid: int = 3) -> None:
         if interpolation not in ("nearest", "bilinear"):
             raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
         if out_dtype not in (torch.uint8, torch.float32):
@@ -210,6 +240,9 @@ class BatchAugment:
         for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if elastic_std < 0 or elastic_grid < 2:
+            raise ValueError(f"elastic_std must be >= 0 and elastic_grid >= 2, got {elastic_std}, {elastic_grid}")
+        self.elastic_std, self.elastic_grid = elastic_std, elastic_grid
         self.hflip, self.vflip, self.degrees, self.translate, self.scale = hflip, vflip, degrees, translate, scale
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.fill, self.ignore_index, self.min_size = fill, ignore_index, min_size
@@ -230,6 +263,10 @@ class BatchAugment:
     def draw(self, batch: int, height: int, width: int, generator: torch.Generator) -> AugmentParams:
         """One draw per image, on the generator's device (so a seed gives the same draws on any data device)."""
         u = torch.rand(batch, 10, generator=generator, device=generator.device)
+        elastic = None
+        if self.elastic_std > 0:  # drawn after u: the affine and colour draws are those of elastic_std = 0
+            elastic = self.elastic_std * torch.randn(batch, 2, self.elastic_grid, self.elastic_grid,
+                                                     generator=generator, device=generator.device)
 
         def span(col: int, lo: float, hi: float) -> torch.Tensor:
             return lo + (hi - lo) * u[:, col]
@@ -241,7 +278,8 @@ class BatchAugment:
             ty=span(5, -self.translate[1], self.translate[1]) * height,
             brightness=span(6, 1 - self.brightness, 1 + self.brightness),
             contrast=span(7, 1 - self.contrast, 1 + self.contrast),
-            saturation=span(8, 1 - self.saturation, 1 + self.saturation), hue=span(9, -self.hue, self.hue))
+            saturation=span(8, 1 - self.saturation, 1 + self.saturation), hue=span(9, -self.hue, self.hue),
+            elastic=elastic)
 
     def __call__(self, images: torch.Tensor, targets: list[Target] | None = None, *,
                  boxes: torch.Tensor | None = None, valid: torch.Tensor | None = None,
@@ -250,7 +288,7 @@ class BatchAugment:
         """images uint8 [B, 3, H, W] or [B, H, W, 3]; targets: per image {"boxes": [N, 4] xyxy px, ...} where every
         tensor with N rows is per-box (labels, has_mask) and "masks" [N, H, W] are instance masks; or padded
         ``boxes`` [B, M, 4] with ``valid`` [B, M] bool; ``semantic`` [B, H, W] class ids. Give ``generator`` (or
-        fixed ``params``)."""
+        fixed ``params``). With an elastic draw (``params.elastic``) only ``semantic`` may come with the images."""
         if images.dim() != 4 or 3 not in (images.shape[1], images.shape[-1]):
             raise ValueError(f"images must be [B, 3, H, W] or [B, H, W, 3], got {tuple(images.shape)}")
         nchw = images if images.shape[1] == 3 else images.permute(0, 3, 1, 2)
@@ -260,10 +298,17 @@ class BatchAugment:
                 raise ValueError("BatchAugment needs a torch.Generator (or explicit params)")
             params = self.draw(batch, height, width, generator)
         params = params.to(images.device)
+        if params.elastic is not None and (targets is not None or boxes is not None):
+            raise ValueError("elastic deformation moves label maps only: boxes cannot follow it (no closed-form "
+                             "forward map); use it for semantic segmentation, without targets or boxes")
         forward, theta = affine_matrices(params, height, width)
         # source coordinates in the one-pixel-padded frame (see _padded), n' = n · size / (size + 2) per axis
-        theta = theta * theta.new_tensor([[width / (width + 2.0)], [height / (height + 2.0)]])
-        grid = sampling_grid(theta, height, width, out=self._buffer("grid", nchw, (batch, 2, height, width)))
+        padded_scale = theta.new_tensor([width / (width + 2.0), height / (height + 2.0)])
+        theta = theta * padded_scale.view(2, 1)
+        planes = self._buffer("grid", nchw, (batch, 2, height, width))
+        grid = sampling_grid(theta, height, width, out=planes)
+        if params.elastic is not None:  # the smooth field joins the affine grid: no extra pass over the images
+            planes.addcmul_(elastic_displacement(params.elastic, height, width), padded_scale.view(1, 2, 1, 1))
 
         # colour first, on the padded source (ring included): per-pixel affine maps commute with nearest
         # sampling, and with bilinear up to where the clamp cuts; the warp is then the last, allocating pass

@@ -14,7 +14,12 @@ Output layout under ``out_dir`` (every array is written with ``np.save`` and rea
 - ``<split>/crops.npy``       uint8 [Nc, C, C, 3] object-centred crops for classification
 - ``<split>/crop_labels.npy`` int64 [Nc]          0-based class index
 - ``<split>/instances.json``  COCO ground truth in prepared coordinates (boxes, RLE masks)
-- ``meta.json``               class names, sizes, per-channel mean/std of train, split counts, hashes
+- ``meta.json``               class names, sizes, per-channel mean/std of train, split counts, hashes, and
+                              ``image_size_choice``: how the size was chosen and what the objects measure at it
+                              (:func:`cvpipe.data.image_size.choose_image_size`)
+
+``image_size`` is an integer, or ``"auto"``: chosen from the train split's image and box sizes by the rule of
+:mod:`cvpipe.data.image_size` (the split is drawn first, so the choice never sees validation or test labels).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tqdm import tqdm
 
 from cvpipe.data.canonical import CanonicalDataset
 from cvpipe.data.image_files import open_rgb
+from cvpipe.data.image_size import AutoSizeRule, choose_image_size
 from cvpipe.data.masks import decode_segmentation, encode_mask
 
 log = logging.getLogger(__name__)
@@ -163,9 +169,11 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
     return {"images": n, "objects": len(boxes), "crops": len(crops)}
 
 
-def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int, image_size: int,
-                    fractions: tuple[float, float, float], crop_size: int, crop_context: float) -> dict[str, Any]:
-    """Split, letterbox and write the arrays; returns (and writes) ``meta.json``."""
+def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int, image_size: int | str,
+                    fractions: tuple[float, float, float], crop_size: int, crop_context: float,
+                    size_rule: AutoSizeRule = AutoSizeRule()) -> dict[str, Any]:
+    """Split, choose the size (``image_size`` or the ``auto`` rule), letterbox and write the arrays; returns (and
+    writes) ``meta.json``. The size's warnings (objects under the finest stride) are logged."""
     out_dir = Path(out_dir)
     images = dataset.images.copy()
     given = images["split"].where(images["split"].isin(SPLITS))
@@ -179,6 +187,14 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
         groups = identical_file_groups(dataset.image_root, images)
         assignment = split_image_ids(sorted(set(groups.values())), seed=seed, fractions=fractions)
         images["split"] = images["image_id"].map(groups).map(assignment)
+    train_images = images[images["split"] == "train"]
+    names = dict(zip(dataset.categories["category_id"].astype(int), dataset.categories["name"].astype(str)))
+    choice = choose_image_size(train_images if len(train_images) else images, dataset.annotations, names,
+                               requested=image_size, rule=size_rule)
+    image_size = choice["image_size"]
+    log.info("image size %d px: %s", image_size, choice["reason"])
+    for line in choice["warnings"]:
+        log.warning("%s", line)
     counts = {}
     for split in SPLITS:
         part = images[images["split"] == split].sort_values("image_id")
@@ -205,6 +221,7 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
         "splits": counts,
         "files": hashes,
         "data_hash": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16],
+        "image_size_choice": choice,
     }
     with (out_dir / "meta.json").open("w") as fh:
         json.dump(meta, fh, indent=2)

@@ -26,13 +26,17 @@ def segmentation_augment() -> v2.Compose:
     ])
 
 
-def batched_segmentation_augment() -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def batched_segmentation_augment(*, elastic_std: float = 0.0, elastic_grid: int = 3
+                                 ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The batched counterpart of :func:`segmentation_augment`: (uint8 images [B, 3, S, S], int64 masks [B, S, S])
     → (float32 images 0..255, masks moved by the same nearest sampling, exposed border = ignore), on the images'
-    device. Draws come from torch's global CPU generator, seeded per epoch."""
+    device. Draws come from torch's global CPU generator, seeded per epoch. ``elastic_std`` > 0 adds the elastic
+    deformation of :mod:`cvpipe.data.batch_augment` (std as a fraction of the side, ``elastic_grid`` coarse points
+    per side) and samples the images bilinearly (nearest would make the smooth field's edges jagged)."""
     from cvpipe.data.batch_augment import BatchAugment
 
-    augment = BatchAugment(fill=0.0, ignore_index=IGNORE_INDEX, out_dtype=torch.float32)
+    augment = BatchAugment(fill=0.0, ignore_index=IGNORE_INDEX, out_dtype=torch.float32, elastic_std=elastic_std,
+                           elastic_grid=elastic_grid, interpolation="bilinear" if elastic_std > 0 else "nearest")
 
     def apply(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = augment(images, semantic=masks, generator=torch.default_generator)

@@ -1,4 +1,7 @@
-"""What validation writes for people: dataset statistics, ``validation.md``, ``quarantine.csv``.
+"""What validation writes for people: the outcome, dataset statistics, ``validation.md``, ``quarantine.csv``.
+
+Both reports open with the outcome (:func:`outcome`): ``passed``, ``passed with quarantine`` (rows were set aside
+under ``validate.on_error: quarantine`` and the run went on with the rest) or ``FAILED`` (the run stopped).
 
 ``quarantine.csv`` has one line per (removed row, broken rule): ``file, rule, value, table, ann_id, label_file``, so a
 quarantined image and each of its annotations can be found again; ``reports/validation.json`` holds the
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cvpipe.data.canonical import CanonicalDataset
+from cvpipe.data.data_runs import log_data_run, metric_name
 
 SMALL, MEDIUM = 32 ** 2, 96 ** 2  # px², COCO's object size bins
 TINY_SIDE = 4  # px: boxes narrower than this are hard for any detector at the prepared size
@@ -59,15 +63,41 @@ def dataset_stats(dataset: CanonicalDataset, files: pd.DataFrame | None = None) 
     return stats
 
 
+def outcome(*, success: bool, on_error: str, quarantine: dict[str, Any], stopped: str | None,
+            quarantine_file: str) -> tuple[str, str]:
+    """(status, headline) of a validation run, the first thing its reports say.
+
+    ``passed``: every rule holds and the run goes on. ``passed with quarantine``: rules broke, ``on_error`` is
+    ``quarantine`` and the offending rows were set aside, so the run goes on with the rest. ``FAILED``: the run
+    stops, because rules broke under ``on_error: fail`` or ``stopped`` (nothing left, or a fault quarantine
+    cannot set aside) says why."""
+    kept = quarantine["kept"]
+    if stopped is not None:
+        return "FAILED", f"FAILED: {stopped}; the run stopped."
+    if success:
+        return "passed", (f"PASSED: every rule holds; the run continued with {kept['images']} images and "
+                          f"{kept['annotations']} annotations.")
+    if on_error == "quarantine":
+        return "passed with quarantine", (
+            f"PASSED WITH QUARANTINE: {quarantine['images']} images / {quarantine['annotations']} annotations set "
+            f"aside (see {quarantine_file}); the run continued with {kept['images']} images and "
+            f"{kept['annotations']} annotations.")
+    return "FAILED", ("FAILED: rules broken (below); the run stopped (validate.on_error: fail; 'quarantine' sets "
+                      "the offending rows aside and goes on).")
+
+
 def summary(report: Any, stats: dict[str, Any], quarantined: list[dict[str, Any]], kept: CanonicalDataset,
-            max_examples: int, source: dict[str, Any]) -> dict[str, Any]:
-    """The JSON report: rules, normalisation, statistics and the quarantine with its counts."""
+            max_examples: int, source: dict[str, Any], *, on_error: str = "fail", stopped: str | None = None,
+            quarantine_file: str = "quarantine.csv") -> dict[str, Any]:
+    """The JSON report: the outcome (:func:`outcome`) first, then rules, normalisation, statistics and the
+    quarantine with its counts."""
     by_table = {t: sum(1 for q in quarantined if q["table"] == t) for t in ("images", "annotations")}
-    return {**report.to_dict(max_examples), "source": source, "stats": stats,
-            "quarantine": {"count": len(quarantined), "images": by_table["images"],
-                           "annotations": by_table["annotations"],
-                           "kept": {"images": len(kept.images), "annotations": len(kept.annotations)},
-                           "items": quarantined}}
+    quarantine = {"count": len(quarantined), "images": by_table["images"], "annotations": by_table["annotations"],
+                  "kept": {"images": len(kept.images), "annotations": len(kept.annotations)}, "items": quarantined}
+    status, headline = outcome(success=report.success, on_error=on_error, quarantine=quarantine, stopped=stopped,
+                               quarantine_file=quarantine_file)
+    return {"status": status, "headline": headline, **report.to_dict(max_examples), "source": source,
+            "stats": stats, "quarantine": quarantine}
 
 
 def write_quarantine_csv(items: list[dict[str, Any]], path: str | Path) -> int:
@@ -92,7 +122,7 @@ def _cell(value: Any) -> str:
 
 def write_markdown(data: dict[str, Any], path: str | Path, max_examples: int) -> None:
     """A readable ``validation.md`` from the JSON report."""
-    lines = [f"# Dataset validation: {'passed' if data['success'] else 'FAILED'}", "",
+    lines = [f"# Dataset validation: {data['status']}", "", f"**{data['headline']}**", "",
              f"Source: `{data['source'].get('source')}` at `{data['source'].get('path')}`; "
              f"{data['counts'].get('images', 0)} images, {data['counts'].get('annotations', 0)} annotations, "
              f"{data['counts'].get('categories', 0)} classes.", "", "## Rules", "",
@@ -127,31 +157,17 @@ def write_markdown(data: dict[str, Any], path: str | Path, max_examples: int) ->
 
 
 def log_to_mlflow(data: dict[str, Any], artifacts: list[Path], *, experiment: str) -> str:
-    """One run named ``validate`` in the experiment ``<experiment>-data`` (the model experiment keeps one run
-    per model): input/kept/quarantined counts and failing rows per rule as metrics, the reports as
+    """One run named ``validate`` in the experiment ``<experiment>-data`` (:mod:`cvpipe.data.data_runs`):
+    input/kept/quarantined counts and failing rows per rule as metrics, the outcome as tags, the reports as
     artifacts. Returns the run id."""
-    import re
-
-    import mlflow
-
-    from cvpipe import tracking
-
-    tracking.configure()
-    experiment_id = tracking.get_or_create_experiment(f"{experiment}-data")
     q = data["quarantine"]
     metrics = {"images_in": data["counts"].get("images", 0), "annotations_in": data["counts"].get("annotations", 0),
                "images_kept": q["kept"]["images"], "annotations_kept": q["kept"]["annotations"],
                "quarantined_images": q["images"], "quarantined_annotations": q["annotations"],
                "broken_rules": sum(not r["success"] for r in data["rules"]),
                **{f"normalised_{k}": v["count"] for k, v in data["normalised"].items()}}
-    metrics.update({"rule_" + re.sub(r"[^a-z0-9]+", "_", r["rule"].lower()).strip("_"): r["unexpected_count"]
-                    for r in data["rules"]})
-    with mlflow.start_run(experiment_id=experiment_id, run_name="validate") as run:
-        mlflow.set_tags({"stage": "validate", "data_source": str(data["source"].get("source")),
-                         "data_path": str(data["source"].get("path")), "success": str(data["success"]),
-                         **{k: v for k, v in tracking.git_state().items()}})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        for path in artifacts:
-            if Path(path).is_file():
-                mlflow.log_artifact(str(path), "validation")
-        return run.info.run_id
+    metrics.update({"rule_" + metric_name(r["rule"]): r["unexpected_count"] for r in data["rules"]})
+    tags = {"data_source": str(data["source"].get("source")), "data_path": str(data["source"].get("path")),
+            "success": str(data["success"]), "status": data["status"]}
+    return log_data_run("validate", experiment=experiment, tags=tags, metrics=metrics, artifacts=artifacts,
+                        artifact_dir="validation")

@@ -34,9 +34,13 @@ from __future__ import annotations
 import torch
 
 BACKGROUND = -1  # matched index of a location that is no box's positive
+BOUNDARY_FACTOR = 4.0  # level s takes boxes with max side up to 4·s (FCOS's ranges halved: small images here)
+DATA_STRIDES_BASE = (8, 16)  # the built-in detectors' default levels: ``strides: auto`` never drops one
+DATA_STRIDES_MAX = 32  # prepared sizes are multiples of 32, and torchvision backbones tap at most stride 32
 
 
-def level_size_ranges(strides: torch.Tensor, boundary_factor: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+def level_size_ranges(strides: torch.Tensor,
+                      boundary_factor: float = BOUNDARY_FACTOR) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-location size range [lo, hi) of its level.
 
     Levels sorted by stride s_0 < s_1 < … < s_{L-1}: level l takes boxes with max side in
@@ -51,6 +55,27 @@ def level_size_ranges(strides: torch.Tensor, boundary_factor: float = 4.0) -> tu
     hi_levels = torch.cat([bounds[:-1], bounds.new_full((1,), float("inf"))])
     index = torch.searchsorted(levels, strides.float())  # [A] level index of each location
     return lo_levels[index], hi_levels[index]
+
+
+def strides_for_objects(largest_long_side_px: float | None, *, base: tuple[int, ...] = DATA_STRIDES_BASE,
+                        boundary_factor: float = BOUNDARY_FACTOR, max_stride: int = DATA_STRIDES_MAX
+                        ) -> tuple[int, ...]:
+    """The level set of ``strides: auto``: ``base`` extended by consecutive powers of two until the coarsest
+    level's range starts at the large objects, i.e. the smallest s_L ≥ base[-1] with
+
+        boundary_factor · s_L ≥ M        (M: the largest class's high-percentile long side at the prepared size)
+
+    capped at ``max_stride``. Under :func:`level_size_ranges` the last level takes every box from
+    f·s_{L-1} up, so without this a 120-px object of a 128-px image sits on the stride-16 level, whose cells see
+    far less than the object; with it, it goes to a stride-32 level whose receptive field spans it. ``None``
+    (no box statistics: classification or box-less data, or arrays prepared before the statistics existed)
+    keeps ``base``."""
+    strides = list(base)
+    if largest_long_side_px is None:
+        return tuple(strides)
+    while strides[-1] < max_stride and boundary_factor * strides[-1] < largest_long_side_px:
+        strides.append(2 * strides[-1])
+    return tuple(strides)
 
 
 @torch.no_grad()

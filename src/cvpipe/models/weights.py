@@ -15,9 +15,13 @@ from cvpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+BN_COUNTER = "num_batches_tracked"  # BatchNorm's step counter: bookkeeping, not a weight
+
 
 def read_state_dict(source: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a path or http(s) URL; a checkpoint dict with a 'model' key is unwrapped."""
+    """A state_dict from a path or http(s) URL. Wrapped layouts are unwrapped: a checkpoint dict with a 'model'
+    key (torchvision's reference scripts, DETR) and cvpipe's own ``models/<name>/model.pt`` ('state_dict' beside
+    'config' and 'meta'), so a model trained by one pipeline starts another (``train.pretrained``)."""
     if source.startswith(("http://", "https://")):
         state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
     else:
@@ -25,13 +29,22 @@ def read_state_dict(source: str) -> dict[str, torch.Tensor]:
         if not path.is_file():
             raise ConfigError(f"pretrained weights not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"weights {source}: not a state dict (name → tensor), nor a checkpoint wrapping one "
+                          "under 'model' or 'state_dict'")
     return state
 
 
 def load_pretrained(model: nn.Module, source: str) -> list[str]:
-    """Copy every tensor whose name and shape match; returns the names left at their init (e.g. a new head)."""
+    """Copy every tensor whose name and shape match; returns the names left at their init (e.g. a new head).
+
+    This is how fine-tuning replaces a head: a model trained on K' classes starts one for K ≠ K' classes with
+    every tensor but the class predictor's (whose shape depends on K). The input normalisation buffers
+    (``normalize.mean/std``) come from the file too: the features were learned on that normalisation."""
     state = read_state_dict(source)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -46,9 +59,14 @@ def load_pretrained(model: nn.Module, source: str) -> list[str]:
 def load_exact(module: nn.Module, source: str, *, ignore: tuple[str, ...] = (), what: str = "weights") -> None:
     """Load ``source`` into ``module`` strictly: every key of ``module`` present with its shape, no other key,
     except keys starting with a prefix in ``ignore`` (on either side, e.g. a classification head). A mismatch
-    is a ConfigError naming the file and the first missing, unexpected and mis-shaped keys."""
+    is a ConfigError naming the file and the first missing, unexpected and mis-shaped keys.
+
+    BatchNorm's ``num_batches_tracked`` (a step counter, not a weight; absent from files saved with
+    FrozenBatchNorm2d, as torchvision's pretrained detectors are) is loaded where the file has it and never
+    required."""
     state = {k: v for k, v in read_state_dict(source).items() if not k.startswith(ignore)}
-    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)}
+    own = {k: v for k, v in module.state_dict().items()
+           if not k.startswith(ignore) and not (k.endswith(BN_COUNTER) and k not in state)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     misshaped = [f"{k} {tuple(state[k].shape)} ≠ {tuple(v.shape)}" for k, v in own.items()

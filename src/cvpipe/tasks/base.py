@@ -106,6 +106,11 @@ class Task(ServedTask):
         """The classes the model predicts (and reports metrics for)."""
         return list(meta["class_names"])
 
+    def resolve_config(self, config: Any, meta: dict[str, Any]) -> Any:
+        """``config`` with the values it leaves to the data (e.g. a detector's ``strides: auto``) fixed from the
+        prepared data's ``meta``; training stores the result, so a trained model never resolves again."""
+        return config
+
     def model_arguments(self, config: Any, meta: dict[str, Any]) -> dict[str, Any]:
         """The data facts the architecture's builder is called with, beside ``train.model``."""
         return {"num_classes": len(meta["class_names"]), "mean": meta["mean"], "std": meta["std"]}

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +30,7 @@ from cvpipe.data.ground_truth import detection_targets, first_images, load_groun
 from cvpipe.device import CPU, Runtime
 from cvpipe.onnx_inference import run_onnx
 from cvpipe.inference import predict_dense
+from cvpipe.matching.grid_assignment import strides_for_objects
 from cvpipe.metrics.detection import COCO_MAX_DETECTIONS, COCO_SCORE_THRESHOLD, coco_scores
 from cvpipe.models.detector import DecodedDetector
 from cvpipe.plots import save_curve, save_detection_overlays, save_grid_curves
@@ -36,6 +39,7 @@ from cvpipe.tasks.base import Evaluation, Parity, Task, TrainData, Trained, Tuni
 from cvpipe.tasks.serving.detection import DetectionServing
 from cvpipe.tuning.detection_thresholds import count_matches, tune_detection_thresholds
 
+log = logging.getLogger(__name__)
 STATS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large", "ar1", "ar10", "ar100", "ar_small",
          "ar_medium", "ar_large")
 
@@ -117,6 +121,20 @@ class DetectionTask(DetectionServing, Task):
 
     def graph(self, model: nn.Module) -> nn.Module:
         return DecodedDetector(model)
+
+    def resolve_config(self, config: Any, meta: dict[str, Any]) -> Any:
+        """``train.model.strides: auto`` → the level set that covers the prepared objects
+        (:func:`cvpipe.matching.grid_assignment.strides_for_objects` on the largest class's high-percentile long
+        side, from prepare's ``image_size_choice``)."""
+        if config.train.model.get("strides") != "auto":
+            return config
+        classes = (meta.get("image_size_choice") or {}).get("classes") or []
+        largest = max((c["high_long_side_px"] for c in classes), default=None)
+        strides = list(strides_for_objects(largest))
+        log.info("train.model.strides auto → %s (largest objects %s px long at %s px)", strides,
+                 "unknown" if largest is None else f"{largest:g}", meta.get("image_size"))
+        model = {**config.train.model, "strides": strides}
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, model=model))
 
     def train_data(self, prepared: Path, config: Any) -> TrainData:
         if config.train.augment == "batched":  # plain samples; the engine augments whole batches on the device

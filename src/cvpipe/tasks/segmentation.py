@@ -1,6 +1,7 @@
 """Semantic segmentation (U-Net, :mod:`cvpipe.models.unet`): one label per pixel, K classes or binary.
 
-- train: cross-entropy + soft Dice on augmented scenes; validation mIoU/Dice (no cleaning) per epoch.
+- train: cross-entropy + soft Dice on augmented scenes (``train.elastic``: plus the U-Net paper's elastic
+  deformation, batched augmentation only); validation mIoU/Dice (no cleaning) per epoch.
 - evaluate: mIoU, Dice and pixel accuracy on test from one split-level confusion matrix of the raw masks
   (argmax, or sigmoid ≥ 0.5 in binary mode); evaluate/per_class.json, overlays.png.
 - tune: mask threshold (binary mode) × minimum component area on validation, objective mean Dice; test scores
@@ -64,8 +65,11 @@ class SegmentationTask(SegmentationServing, Task):
 
     def train_data(self, prepared: Path, config: Any) -> TrainData:
         if config.train.augment == "batched":  # plain samples; the engine augments whole batches on the device
+            elastic = config.train.elastic  # None: affine and colour only
+            augment = (batched_segmentation_augment() if elastic is None
+                       else batched_segmentation_augment(elastic_std=elastic.std, elastic_grid=elastic.grid))
             return TrainData(SegmentationDataset.from_prepared(prepared, "train", binary=config.train.binary),
-                             device_augment=batched_segmentation_augment())
+                             device_augment=augment)
         return TrainData(SegmentationDataset.from_prepared(prepared, "train", binary=config.train.binary,
                                                            transform=segmentation_augment()))
 

@@ -45,6 +45,8 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         validate_every: int = 1) -> FitResult:
     """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` when it matches.
 
+    One record per epoch: ``epoch``, ``train_*`` (mean loss terms), ``val_*``, ``lr``, ``steps`` (optimizer steps
+    since the start, resumed epochs included) and ``epoch_seconds``.
     ``evaluate`` runs after every ``validate_every``-th epoch and after the last; the other epochs' records
     have no ``val_*`` entries. ``checkpoint_extra`` is stored in every checkpoint (the MLflow run id).
     ``replay_history``: when resuming, call ``on_epoch_end`` for the epochs the checkpoint already holds (a new
@@ -56,7 +58,7 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
     main = distributed.world().is_main
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.loss_scaling)
     history: list[dict[str, float]] = []
-    start_epoch = 0
+    start_epoch = steps = 0
     state = distributed.broadcast(load_checkpoint(checkpoint_path, fingerprint) if main else None)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -65,6 +67,7 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
             scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, start_epoch = state["history"], state["epoch"]
+        steps = int(history[-1]["steps"]) if history else 0
         log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
         if replay_history and on_epoch_end is not None and main:
             for record in history:
@@ -94,6 +97,7 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
             scaler.update()
             if scheduler is not None:
                 scheduler.step()
+            steps += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             count += 1
@@ -103,7 +107,7 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         validated = main and (epoch % validate_every == 0 or epoch == epochs)
         record = {"epoch": float(epoch), **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                   **({f"val_{k}": v for k, v in evaluate(model).items()} if validated else {}),
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds}
+                  "lr": optimizer.param_groups[0]["lr"], "steps": float(steps), "epoch_seconds": seconds}
         history.append(record)
         if not main:
             continue
