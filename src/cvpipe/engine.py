@@ -166,7 +166,7 @@ def train(config: Any, *, prepared: Path, model_dir: Path, report_dir: Path, run
                  checkpoint_path=checkpoint_path(model_dir), fingerprint=run_fingerprint(config, meta, seed, schedule),
                  on_epoch_end=on_epoch_end, grad_clip=cfg.grad_clip,
                  checkpoint_extra={"mlflow_run_id": run_id} if run_id else None, replay_history=replay_history,
-                 validate_every=cfg.val_every)
+                 validate_every=cfg.val_every, ema_decay=cfg.ema_decay)
     distributed.finish()
     if not main:  # rank 0 writes the model and the reports
         return StageOutcome()

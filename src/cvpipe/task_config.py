@@ -43,6 +43,9 @@ class TrainConfig:
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0005
     warmup_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # one-cycle: share of steps rising to lr
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None  # max gradient norm; null = no clipping
+    # exponential moving average of the weights, validated and saved instead of the raw ones
+    # (cvpipe.training.ema: d_t = min(decay, (1 + t) / (10 + t))); null = off
+    ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     pretrained: str | None = None  # local path or URL of a state_dict to start from
     # < 1: the parameters of the model's torchvision ``backbone`` (model.backbone) train at lr · factor, the rest at
     # lr (two AdamW param groups); 1.0: one group, as without it

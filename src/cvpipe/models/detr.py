@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MLP, box_convert
 
+from cvpipe.models.scales import scaled
 from cvpipe.models.classifier import SmallResNet
 from cvpipe.models.backbones import build_backbone, input_normalize
 from cvpipe.models.preprocess import Normalize
@@ -301,13 +302,18 @@ class DETRDetector(nn.Module):
         return boxes, scores
 
 
-def build_detr(num_classes: int, mean: list[float], std: list[float], *, width: int = 16, backbone_stages: int = 4,
-               d_model: int = 128, num_heads: int = 4, num_encoder_layers: int = 2, num_decoder_layers: int = 3,
-               dim_feedforward: int = 256, dropout: float = 0.0, num_queries: int = 16,
-               queries: str = "encoder", backbone: str | None = None,
+def build_detr(num_classes: int, mean: list[float], std: list[float], *, scale: str | None = None,
+               width: int | None = None, backbone_stages: int = 4, d_model: int | None = None,
+               num_heads: int | None = None, num_encoder_layers: int | None = None,
+               num_decoder_layers: int | None = None, dim_feedforward: int | None = None, dropout: float = 0.0,
+               num_queries: int = 16, queries: str = "encoder", backbone: str | None = None,
                backbone_weights: str | None = None) -> DETRDetector:
-    return DETRDetector(num_classes=num_classes, mean=mean, std=std, width=width, backbone_stages=backbone_stages,
-                        d_model=d_model, num_heads=num_heads, num_encoder_layers=num_encoder_layers,
-                        num_decoder_layers=num_decoder_layers, dim_feedforward=dim_feedforward, dropout=dropout,
-                        num_queries=num_queries, queries=queries, backbone=backbone,
-                        backbone_weights=backbone_weights)
+    """DETR with random init; the CNN width and the transformer's sizes from the ``scale`` preset
+    (:mod:`cvpipe.models.scales`; default ``n``: 16, d_model 128, 4 heads, 2 + 3 layers, feed-forward 256) where
+    not given."""
+    size = scaled("detr", scale, width=width, d_model=d_model, num_heads=num_heads,
+                  num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers,
+                  dim_feedforward=dim_feedforward)
+    return DETRDetector(num_classes=num_classes, mean=mean, std=std, backbone_stages=backbone_stages,
+                        dropout=dropout, num_queries=num_queries, queries=queries, backbone=backbone,
+                        backbone_weights=backbone_weights, **size)

@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import Conv2dNormActivation
 
+from cvpipe.models.scales import scaled
 from cvpipe.matching.default_boxes import DefaultBoxes, decode_offsets
 from cvpipe.models.backbones import build_backbone, input_normalize
 
@@ -123,12 +124,13 @@ class SSDDetector(nn.Module):
         return boxes, scores
 
 
-def build_ssd(num_classes: int, mean: list[float], std: list[float], *, width: int = 32, num_levels: int = 4,
-              aspect_ratios: tuple[float, ...] = (2.0,), min_scale: float = 0.15,
-              max_scale: float = 0.5, backbone: str | None = None,
+def build_ssd(num_classes: int, mean: list[float], std: list[float], *, scale: str | None = None,
+              width: int | None = None, num_levels: int = 4, aspect_ratios: tuple[float, ...] = (2.0,),
+              min_scale: float = 0.15, max_scale: float = 0.5, backbone: str | None = None,
               backbone_weights: str | None = None) -> SSDDetector:
     """The SSD detector with random init (or ``backbone_weights`` in a torchvision ``backbone``). Arguments as in
-    :class:`SSDDetector`."""
+    :class:`SSDDetector`; ``width`` from the ``scale`` preset (:mod:`cvpipe.models.scales`; default ``n``: 32)."""
+    width = scaled("ssd", scale, width=width)["width"]
     return SSDDetector(num_classes=num_classes, mean=mean, std=std, width=width, num_levels=num_levels,
                        aspect_ratios=aspect_ratios, min_scale=min_scale, max_scale=max_scale, backbone=backbone,
                        backbone_weights=backbone_weights)

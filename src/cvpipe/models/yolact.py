@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cvpipe.models.scales import scaled
 from cvpipe.models.yolo import YoloDetector, _conv
 
 
@@ -84,13 +85,15 @@ class DecodedInstanceSegmenter(nn.Module):
         return self.model.decode_instances(self.model(images))
 
 
-def build_yolact(num_classes: int, mean: list[float], std: list[float], *, width: int = 16, depth: int = 1,
-                 strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None, head_convs: int = 1,
-                 num_prototypes: int = 16, proto_channels: int | None = None, backbone: str | None = None,
+def build_yolact(num_classes: int, mean: list[float], std: list[float], *, scale: str | None = None,
+                 width: int | None = None, depth: int | None = None, strides: tuple[int, ...] = (8, 16),
+                 neck_channels: int | None = None, head_convs: int | None = None, num_prototypes: int = 16,
+                 proto_channels: int | None = None, backbone: str | None = None,
                  backbone_weights: str | None = None) -> YolactSegmenter:
     """The YOLACT-style instance segmenter with random init (or ``backbone_weights`` in a torchvision ``backbone``,
-    which feeds the YOLO FPN as in :mod:`cvpipe.models.yolo`; the protonet reads the finest FPN map as usual)."""
-    return YolactSegmenter(num_classes=num_classes, mean=mean, std=std, width=width, depth=depth,
-                           strides=tuple(strides), neck_channels=neck_channels, head_convs=head_convs,
-                           num_prototypes=num_prototypes, proto_channels=proto_channels, backbone=backbone,
-                           backbone_weights=backbone_weights)
+    which feeds the YOLO FPN as in :mod:`cvpipe.models.yolo`; the protonet reads the finest FPN map as usual);
+    ``width``, ``depth`` and ``head_convs`` from the YOLO ``scale`` preset where not given."""
+    size = scaled("yolo", scale, width=width, depth=depth, head_convs=head_convs)
+    return YolactSegmenter(num_classes=num_classes, mean=mean, std=std, strides=tuple(strides),
+                           neck_channels=neck_channels, num_prototypes=num_prototypes, proto_channels=proto_channels,
+                           backbone=backbone, backbone_weights=backbone_weights, **size)

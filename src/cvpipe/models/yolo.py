@@ -38,6 +38,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from cvpipe.models.backbones import build_backbone, input_normalize
+from cvpipe.models.scales import scaled
 
 MAX_LOG_DISTANCE = 8.0  # clamp on δ before exp: e^8 · stride ≫ any image, and exp never overflows
 PRIOR_PROB = 0.01  # initial σ(obj) and σ(cls) (RetinaNet's prior), so background does not swamp the first steps
@@ -178,11 +179,13 @@ def deltas_to_boxes(deltas: torch.Tensor, points: torch.Tensor, strides: torch.T
     return torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
 
 
-def build_yolo(num_classes: int, mean: list[float], std: list[float], *, width: int = 16, depth: int = 1,
-               strides: tuple[int, ...] = (8, 16), neck_channels: int | None = None, head_convs: int = 1,
-               backbone: str | None = None, backbone_weights: str | None = None) -> YoloDetector:
+def build_yolo(num_classes: int, mean: list[float], std: list[float], *, scale: str | None = None,
+               width: int | None = None, depth: int | None = None, strides: tuple[int, ...] = (8, 16),
+               neck_channels: int | None = None, head_convs: int | None = None, backbone: str | None = None,
+               backbone_weights: str | None = None) -> YoloDetector:
     """The YOLO-style detector with random init (or ``backbone_weights`` in a torchvision ``backbone``);
-    ``neck_channels`` defaults to 4 · width."""
-    return YoloDetector(num_classes=num_classes, mean=mean, std=std, width=width, depth=depth,
-                        strides=tuple(strides), neck_channels=neck_channels, head_convs=head_convs,
-                        backbone=backbone, backbone_weights=backbone_weights)
+    ``width``, ``depth`` and ``head_convs`` come from the ``scale`` preset (:mod:`cvpipe.models.scales`; default
+    ``n``: 16, 1, 1) where not given; ``neck_channels`` defaults to 4 · width."""
+    size = scaled("yolo", scale, width=width, depth=depth, head_convs=head_convs)
+    return YoloDetector(num_classes=num_classes, mean=mean, std=std, strides=tuple(strides),
+                        neck_channels=neck_channels, backbone=backbone, backbone_weights=backbone_weights, **size)

@@ -23,6 +23,7 @@ from cvpipe import distributed
 from cvpipe.device import Runtime, seed_everything
 from cvpipe.errors import ConfigError
 from cvpipe.training.checkpoint import load_checkpoint, save_checkpoint
+from cvpipe.training.ema import WeightEMA
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         epochs: int, seed: int, checkpoint_path: str | Path, fingerprint: str,
         on_epoch_end: EpochCallback | None = None, grad_clip: float | None = None,
         checkpoint_extra: dict[str, Any] | None = None, replay_history: bool = False,
-        validate_every: int = 1) -> FitResult:
+        validate_every: int = 1, ema_decay: float | None = None) -> FitResult:
     """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint_path`` when it matches.
 
     One record per epoch: ``epoch``, ``train_*`` (mean loss terms), ``val_*``, ``lr``, ``steps`` (optimizer steps
@@ -51,6 +52,10 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
     have no ``val_*`` entries. ``checkpoint_extra`` is stored in every checkpoint (the MLflow run id).
     ``replay_history``: when resuming, call ``on_epoch_end`` for the epochs the checkpoint already holds (a new
     MLflow run gets the whole curve).
+
+    ``ema_decay``: an exponential moving average of the weights (:class:`cvpipe.training.ema.WeightEMA`) is
+    updated after every optimizer step, validated instead of the raw weights, and copied into ``model`` at the end
+    (what the engine saves); the checkpoint keeps the raw weights and the average, so a resume continues both.
 
     Under torchrun (:mod:`cvpipe.distributed`) the model trains wrapped in DDP on every rank; rank 0 alone reads
     and writes the checkpoint (the state read is broadcast), validates and calls ``on_epoch_end``.
@@ -72,6 +77,9 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         if replay_history and on_epoch_end is not None and main:
             for record in history:
                 on_epoch_end(int(record["epoch"]), record)
+    ema = WeightEMA(model, ema_decay) if ema_decay else None
+    if ema is not None and state is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
     net = distributed.wrap(model, runtime.device)  # trains; ``model`` (the same parameters) validates and is saved
     if runtime.compile:  # the training steps only: validation, export and the saved weights use ``model``
         net = torch.compile(net)
@@ -97,6 +105,8 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
             scaler.update()
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update(model)
             steps += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
@@ -106,7 +116,8 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
         sums, count = distributed.sum_over_ranks(sums, count)
         validated = main and (epoch % validate_every == 0 or epoch == epochs)
         record = {"epoch": float(epoch), **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
-                  **({f"val_{k}": v for k, v in evaluate(model).items()} if validated else {}),
+                  **({f"val_{k}": v for k, v in evaluate(model if ema is None else ema.module).items()}
+                     if validated else {}),
                   "lr": optimizer.param_groups[0]["lr"], "steps": float(steps), "epoch_seconds": seconds}
         history.append(record)
         if not main:
@@ -117,10 +128,12 @@ def fit(model: nn.Module, *, runtime: Runtime, make_batches: Callable[[int], Ite
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "fingerprint": fingerprint,
-            **(checkpoint_extra or {}),
+            "ema": ema.state_dict() if ema is not None else None, **(checkpoint_extra or {}),
         })
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+    if ema is not None:  # the averaged weights are the trained model
+        model.load_state_dict(ema.module.state_dict())
     return FitResult(history=history, resumed_from_epoch=start_epoch)
 
 
