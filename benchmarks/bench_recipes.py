@@ -1,13 +1,14 @@
 """Ablation of the YOLO-style detector's recipe on real photographs (a benchmark that prints figures, not a test).
 
-    python benchmarks/bench_recipes.py [--size 192] [--epochs 24] [--variants base levels3 ema scale_s]
+    python benchmarks/bench_recipes.py [--size 192] [--epochs 24] [--variants base levels3 ema scale_s defaults]
 
 Each variant trains from scratch on the raccoon set (``../shared/datasets/raccoon``, 200 web photographs, one
 class, VOC), same split, seed and schedule, and is scored on the test split by the evaluate stage's COCO protocol:
 - ``base``: the default params' YOLO (strides [8, 16], scale n);
 - ``levels3``: strides [8, 16, 32], what ``strides: auto`` resolves to when objects are larger than 4 × 16 px;
 - ``ema``: ``levels3`` + ``ema_decay`` 0.995 (an average over the last ~200 steps);
-- ``scale_s``: ``levels3`` at scale s (wider, two head convs).
+- ``scale_s``: ``levels3`` at scale s (wider, two head convs);
+- ``defaults``: what params.yaml's YOLO now does on such data: ``strides: auto`` and ``min_steps: 1100``.
 Printed: test mAP@[.5:.95] and mAP@0.5, best validation mAP@0.5 and training seconds per variant.
 """
 
@@ -35,6 +36,7 @@ VARIANTS = {
     "levels3": {"model": {"strides": [8, 16, 32]}},
     "ema": {"model": {"strides": [8, 16, 32]}, "ema_decay": 0.995},
     "scale_s": {"model": {"strides": [8, 16, 32], "scale": "s", "width": None, "depth": None, "head_convs": None}},
+    "defaults": {"model": {"strides": "auto"}, "min_steps": 1100},
 }
 
 
