@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stage commands in dvc.yaml call `python`; this makes it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv pipeline pipeline-gpu pipeline-ddp test test-fast bench ui retrain clean
+.PHONY: venv pipeline pipeline-gpu pipeline-ddp test test-fast test-heavy bench ui retrain clean
 
 # The venv is about 6.5 GB (torch 2.14.1 on x86_64 is the CUDA build and brings its nvidia-* wheels);
 # stop with a clear message instead of pip's ENOSPC halfway through. VENV_MIN_FREE_GB=0 skips the check.
@@ -45,6 +45,10 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
+
+# Also the tests too heavy for a CPU run (the ssd300_vgg16 contract: VGG16 at 300 px); for a GPU machine or a nightly job.
+test-heavy: venv
+	CVPIPE_HEAVY_TESTS=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 bench: venv
 	$(BIN)/python benchmarks/bench.py

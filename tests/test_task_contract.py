@@ -6,6 +6,7 @@ line: the plug-in detector in ``tests/plugins`` is added that way and runs the s
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -93,10 +94,15 @@ def _check_contract(config, prepared, tmp_path) -> None:
     assert 0.0 <= score(np.arange(len(inputs))) <= 1.0
 
 
-SLOW = {"ssd300_vgg16"}  # VGG16 at 300 px: ~5 s per training image on one CPU thread, minutes for the contract
+# VGG16 at 300 px whatever the input: ~160 s of the contract on a 2-core CPU (it passed so), a tenth of the whole
+# suite's CPU time; `make test-heavy` (CVPIPE_HEAVY_TESTS=1) runs it. Its wrapper code is the ssdlite320's
+# (models/zoo_ssd.py), whose contract always runs, and tests/test_zoo_detection.py checks its weights, decode and loss.
+HEAVY = {"ssd300_vgg16"}
+RUN_HEAVY = os.environ.get("CVPIPE_HEAVY_TESTS") == "1"
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=[pytest.mark.slow, pytest.mark.skipif(
+    not RUN_HEAVY, reason="heavy on a CPU: CVPIPE_HEAVY_TESTS=1 (make test-heavy) runs it")]) if a in HEAVY else a
                                   for a in sorted(ARCHITECTURES)])
 def test_every_registered_architecture_meets_the_stage_contract(arch, tiny_prepared, tmp_path):
     _check_contract(_config(arch), tiny_prepared, tmp_path)
