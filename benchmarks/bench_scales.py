@@ -1,5 +1,5 @@
-"""The detectors' scale presets (``train.model.scale: n | s | m``, :mod:`cvpipe.models.scales`) side by side: parameters,
-GFLOPs of one forward pass, and CPU images/s of inference and of training steps (a benchmark, not a test).
+"""The detectors' scale presets (``train.model.scale: n | s | m``, :mod:`cvpipe.models.scales`) side by side:
+parameters, GFLOPs of one forward pass, and CPU images/s of inference and of training steps (a benchmark, not a test).
 
     python benchmarks/bench_scales.py [--sizes 128 416] [--archs yolo ssd detr] [--threads 2] [--batch 8]
 

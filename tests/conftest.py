@@ -62,6 +62,15 @@ def assert_detector_onnx_parity(model: torch.nn.Module, path: Path, image_size: 
     np.testing.assert_allclose(onnx_scores, scores.numpy(), atol=1e-4)
 
 
+def resaved_state_dict(tmp_path: Path, path: Path, edit) -> str:
+    """``path``'s state dict with ``edit(state)`` applied, saved as ``tmp_path/edited.pth`` (a broken weights file)."""
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    out = tmp_path / "edited.pth"
+    torch.save(state, out)
+    return str(out)
+
+
 def overfit(model: torch.nn.Module, criterion: torch.nn.Module, images: torch.Tensor, targets: list, *,
             steps: int = 150, lr: float = 3e-3) -> torch.nn.Module:
     """AdamW on one fixed batch with a linearly decaying learning rate; returns the model in eval mode."""

@@ -21,7 +21,7 @@ from cvpipe.losses.ssd import SSDMultiBoxLoss
 from cvpipe.models.zoo_fpn import build_fcos, build_retinanet
 from cvpipe.models.zoo_ssd import ZooSSD, build_ssd300_vgg16, build_ssdlite320
 from cvpipe.registry import get_task
-from tests.conftest import model_config, overfit
+from tests.conftest import model_config, overfit, resaved_state_dict
 
 MEAN, STD = [0.5] * 3, [0.2] * 3  # the train split's statistics: accepted, not used by zoo models
 K = 3  # the user's classes
@@ -60,14 +60,6 @@ def coco_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def _resaved(tmp_path: Path, path: Path, edit) -> str:
-    state = torch.load(path, weights_only=True)
-    edit(state)
-    out = tmp_path / "edited.pth"
-    torch.save(state, out)
-    return str(out)
-
-
 @pytest.mark.parametrize("arch", sorted(ZOO))
 def test_a_coco_file_loads_with_a_class_head_for_our_classes(arch, coco_files):
     model = ZOO[arch][1](K, MEAN, STD, weights=str(coco_files[arch]))
@@ -90,7 +82,7 @@ def test_a_coco_file_loads_with_a_class_head_for_our_classes(arch, coco_files):
 
 def test_a_file_without_batchnorm_counters_loads(coco_files, tmp_path):
     """torchvision's FrozenBatchNorm2d detectors (FCOS's COCO file) store no num_batches_tracked."""
-    path = _resaved(tmp_path, coco_files["fcos"],
+    path = resaved_state_dict(tmp_path, coco_files["fcos"],
                     lambda s: [s.pop(k) for k in [k for k in s if k.endswith("num_batches_tracked")]])
     model = build_fcos(K, MEAN, STD, weights=path)
     assert torch.equal(model.state_dict()["backbone.body.conv1.weight"],
@@ -100,10 +92,11 @@ def test_a_file_without_batchnorm_counters_loads(coco_files, tmp_path):
 def test_missing_misshaped_and_foreign_keys_are_named(coco_files, tmp_path):
     key = "backbone.fpn.layer_blocks.0.0.weight"
     with pytest.raises(ConfigError, match=rf"model\.weights \(retinanet\).*missing keys.*{key}"):
-        build_retinanet(K, MEAN, STD, weights=_resaved(tmp_path, coco_files["retinanet"], lambda s: s.pop(key)))
+        build_retinanet(K, MEAN, STD,
+                        weights=resaved_state_dict(tmp_path, coco_files["retinanet"], lambda s: s.pop(key)))
     with pytest.raises(ConfigError, match=rf"shape mismatches.*{key} \(1, 2\)"):
-        build_retinanet(K, MEAN, STD, weights=_resaved(tmp_path, coco_files["retinanet"],
-                                                       lambda s: s.__setitem__(key, torch.zeros(1, 2))))
+        build_retinanet(K, MEAN, STD, weights=resaved_state_dict(tmp_path, coco_files["retinanet"],
+                                                                 lambda s: s.__setitem__(key, torch.zeros(1, 2))))
     with pytest.raises(ConfigError, match=r"fcos\.pth.*missing keys.*unexpected keys.*shape mismatches.*"
                                           r"backbone\.fpn\.extra_blocks\.p6\.weight"):
         build_retinanet(K, MEAN, STD, weights=str(coco_files["fcos"]))  # an FCOS file is not a RetinaNet

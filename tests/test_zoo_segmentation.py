@@ -20,6 +20,7 @@ from cvpipe.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from cvpipe.models.preprocess import to_model_input
 from cvpipe.models.unet import BACKGROUND_PRIOR
 from cvpipe.models.zoo_segmentation import VARIANTS, ZooSegmenter, build_deeplabv3, build_lraspp_mobilenet_v3
+from tests.conftest import resaved_state_dict
 
 MEAN, STD = [0.5] * 3, [0.2] * 3
 K = 6  # foreground classes of the user's data
@@ -38,14 +39,6 @@ def _torchvision_file(tmp_path: Path, variant: str, num_classes: int = VOC) -> t
     path = tmp_path / f"{variant}.pth"
     torch.save(net.state_dict(), path)
     return net.eval(), path
-
-
-def _resaved(tmp_path: Path, path: Path, edit) -> str:
-    state = torch.load(path, weights_only=True)
-    edit(state)
-    out = tmp_path / "edited.pth"
-    torch.save(state, out)
-    return str(out)
 
 
 @pytest.mark.parametrize("variant", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large",
@@ -88,7 +81,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
     }
     for message, edit in cases.items():
         with pytest.raises(ConfigError, match=f"model.weights \\(lraspp_mobilenet_v3_large\\) .*edited.pth.*{message}"):
-            build_lraspp_mobilenet_v3(K, MEAN, STD, weights=_resaved(tmp_path, path, edit))
+            build_lraspp_mobilenet_v3(K, MEAN, STD, weights=resaved_state_dict(tmp_path, path, edit))
 
 
 def test_a_file_of_another_segmenter_is_rejected(tmp_path):
