@@ -197,6 +197,9 @@ class RuntimeConfig:
     # train.augment batched: the train split's images are held in memory when at most this big (GiB)
     resident_data_gb: Annotated[float, Field(ge=0)] = 4.0
     compile: bool = False  # torch.compile the training steps (inductor; the first steps pay the compile time)
+    # processes for validate's decode checks and prepare's letterboxing; 0 = every available core. The stages'
+    # outputs are byte-identical whatever it is, so it is no DVC dependency of theirs.
+    data_workers: Annotated[int, Field(ge=0)] = 0
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
