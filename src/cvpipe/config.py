@@ -160,6 +160,8 @@ class PrepareConfig:
     test_fraction: float = 0.15
     crop_size: int = 48  # px, object-centred classification crops
     crop_context: float = 1.25  # crop side = context × longer box side
+    # a class with no object in the train split: fail (stop with its per-split counts) | warn (report it, go on)
+    class_absent_from_train: Literal["fail", "warn"] = "fail"
 
     def __post_init__(self) -> None:
         total = self.train_fraction + self.val_fraction + self.test_fraction

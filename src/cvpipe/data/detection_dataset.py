@@ -13,6 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cvpipe.data.arrays import load_array
+from cvpipe.data.instance_masks import InstanceMasks
 
 Target = dict[str, torch.Tensor]
 
@@ -58,18 +59,17 @@ def batched_detection_augment() -> Callable[[torch.Tensor, list[Target]], tuple[
 
 class DetectionDataset(Dataset):
     """item = (uint8 image [3, S, S], {"boxes": float32 [N, 4] xyxy abs px, "labels": int64 [N]}), plus
-    "masks" uint8 [N, S, S] and "has_mask" bool [N] when built with instance masks."""
+    "masks" uint8 [N, S, S] and "has_mask" bool [N] when built with instance masks (stored as RLE,
+    :class:`~cvpipe.data.instance_masks.InstanceMasks`, decoded per item or per batch)."""
 
     def __init__(self, images: np.ndarray, boxes: np.ndarray, labels: np.ndarray, offsets: np.ndarray,
-                 transform: Callable[..., Any] | None = None, masks: np.ndarray | None = None,
-                 has_mask: np.ndarray | None = None) -> None:
+                 transform: Callable[..., Any] | None = None, masks: InstanceMasks | None = None) -> None:
         if len(offsets) != len(images) + 1:
             raise ValueError(f"{len(images)} images need {len(images) + 1} box offsets, got {len(offsets)}")
-        if masks is not None and (len(masks) != len(boxes) or has_mask is None or len(has_mask) != len(boxes)):
-            raise ValueError(f"{len(boxes)} boxes need as many instance masks and mask flags, got "
-                             f"{len(masks)} and {None if has_mask is None else len(has_mask)}")
+        if masks is not None and len(masks) != len(boxes):
+            raise ValueError(f"{len(boxes)} boxes need as many instance masks, got {len(masks)}")
         self.images, self.boxes, self.labels, self.offsets = images, boxes, labels, offsets
-        self.masks, self.has_mask = masks, has_mask
+        self.masks = masks
         self.transform = transform
 
     @classmethod
@@ -78,11 +78,8 @@ class DetectionDataset(Dataset):
         arrays = [load_array(prepared_dir, split, n) for n in ("images", "boxes", "box_labels", "box_offsets")]
         if not with_masks:
             return cls(*arrays, transform=transform)
-        if not (Path(prepared_dir) / split / "instance_masks.npy").is_file():
-            raise FileNotFoundError(f"{prepared_dir}/{split}/instance_masks.npy is missing: run `dvc repro prepare` "
-                                    "with this version of cvpipe")
-        return cls(*arrays, transform=transform, masks=load_array(prepared_dir, split, "instance_masks"),
-                   has_mask=load_array(prepared_dir, split, "instance_has_mask"))
+        masks = InstanceMasks.from_prepared(prepared_dir, split, arrays[0].shape[1])
+        return cls(*arrays, transform=transform, masks=masks)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -92,9 +89,8 @@ class DetectionDataset(Dataset):
         target = {"boxes": torch.from_numpy(np.array(self.boxes[lo:hi], np.float32)).reshape(-1, 4),
                   "labels": torch.from_numpy(np.array(self.labels[lo:hi], np.int64))}
         if self.masks is not None:
-            size = self.images.shape[1:3]
-            target["masks"] = torch.from_numpy(np.array(self.masks[lo:hi], np.uint8)).reshape(-1, *size)
-            target["has_mask"] = torch.from_numpy(np.array(self.has_mask[lo:hi], bool))
+            target["masks"] = torch.from_numpy(self.masks.decode(np.arange(lo, hi)))
+            target["has_mask"] = torch.from_numpy(np.array(self.masks.has_mask[lo:hi], bool))
         return target
 
     @property
@@ -111,10 +107,9 @@ class DetectionDataset(Dataset):
         sizes = counts.tolist()
         fields = {"boxes": torch.from_numpy(np.asarray(self.boxes[rows], np.float32)).reshape(-1, 4).split(sizes),
                   "labels": torch.from_numpy(np.asarray(self.labels[rows], np.int64)).split(sizes)}
-        if self.masks is not None:
-            size = self.images.shape[1:3]
-            fields["masks"] = torch.from_numpy(np.asarray(self.masks[rows], np.uint8)).reshape(-1, *size).split(sizes)
-            fields["has_mask"] = torch.from_numpy(np.asarray(self.has_mask[rows], bool)).split(sizes)
+        if self.masks is not None:  # the batch's masks decoded from RLE in one call
+            fields["masks"] = torch.from_numpy(self.masks.decode(rows)).split(sizes)
+            fields["has_mask"] = torch.from_numpy(np.asarray(self.masks.has_mask[rows], bool)).split(sizes)
         return [{name: parts[i] for name, parts in fields.items()} for i in range(len(sizes))]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:

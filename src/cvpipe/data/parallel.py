@@ -33,24 +33,48 @@ def resolve_workers(requested: int) -> int:
     return available_cores() if requested == 0 else requested
 
 
-def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], *, workers: int,
-                window: int | None = None) -> Iterator[Result]:
-    """``map(function, items)`` over ``workers`` processes, yielding in input order with at most ``window``
-    items in flight (default 8 per worker). ``function`` must be a module-level (picklable) function.
+class WorkerPool:
+    """A process pool for several :meth:`map` calls (prepare's three splits share one); ``workers`` <= 1 maps in
+    this process. The pool forks where the platform can (the workers start with the parent's imports: no
+    re-import cost) and spawns elsewhere."""
 
-    The pool forks where the platform can (the workers start with the parent's imports: no re-import cost) and
-    spawns elsewhere. A worker's exception is re-raised here, at the item it belongs to.
-    """
-    if workers <= 1:
-        yield from map(function, items)
-        return
-    window = window or 8 * workers
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "WorkerPool":
+        if self.workers > 1:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._executor = ProcessPoolExecutor(max_workers=self.workers,
+                                                 mp_context=multiprocessing.get_context(method))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def map(self, function: Callable[[Item], Result], items: Iterable[Item], *,
+            window: int | None = None) -> Iterator[Result]:
+        """``map(function, items)`` yielding in input order with at most ``window`` items in flight (default 8
+        per worker). ``function`` must be a module-level (picklable) function; a worker's exception is re-raised
+        here, at the item it belongs to."""
+        if self._executor is None:
+            yield from map(function, items)
+            return
+        window = window or 8 * self.workers
         pending: deque[Future[Result]] = deque()
         for item in items:
-            pending.append(pool.submit(function, item))
+            pending.append(self._executor.submit(function, item))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], *, workers: int,
+                window: int | None = None) -> Iterator[Result]:
+    """One :meth:`WorkerPool.map` on a pool of its own: ``map(function, items)`` over ``workers`` processes, in
+    input order, at most ``window`` items in flight."""
+    with WorkerPool(workers) as pool:
+        yield from pool.map(function, items, window=window)

@@ -1,25 +1,35 @@
 """prepare: seeded split, letterbox to a square, train statistics and memory-mappable arrays.
 
-Output layout under ``out_dir`` (every array is written with ``np.save`` and read with
-``mmap_mode="r"``, so training never decodes an image):
+Output layout under ``out_dir`` (every array reads with ``np.load(..., mmap_mode="r")``, so training never decodes
+an image). Which optional arrays are written follows the :class:`~cvpipe.data.array_plan.ArrayPlan` (the
+configured models' tasks); the others are always there:
 
-- ``<split>/images.npy``      uint8 [N, S, S, 3]  letterboxed RGB scenes
-- ``<split>/semantic.npy``    uint8 [N, S, S]     0 = background, k = category_id k, 255 = ignore
+- ``<split>/images.npy``      uint8 [N, S, S, 3]  letterboxed RGB scenes (detection and segmentation models)
+- ``<split>/semantic.npy``    uint8 [N, S, S]     0 = background, k = category_id k, 255 = ignore (segmentation
+                                                  models, and only when the source has masks)
 - ``<split>/boxes.npy``       float32 [M, 4]      xyxy, absolute px in prepared coordinates
 - ``<split>/box_labels.npy``  int64 [M]           0-based class index (category_id - 1)
 - ``<split>/box_offsets.npy`` int64 [N + 1]       boxes of image i are rows offsets[i]:offsets[i+1]
-- ``<split>/instance_masks.npy`` uint8 [M, S, S]  0/1 mask of box row m (instance segmentation targets)
-- ``<split>/instance_has_mask.npy`` bool [M]      False where the source gave a box without a mask (the
-                                                  mask row is then all 0 and the mask loss skips it)
-- ``<split>/crops.npy``       uint8 [Nc, C, C, 3] object-centred crops for classification
-- ``<split>/crop_labels.npy`` int64 [Nc]          0-based class index
+- ``<split>/instance_rle.npy`` uint8 [R]          box row m's mask as COCO compressed RLE counts, bytes
+                                                  ``instance_rle_offsets[m]:instance_rle_offsets[m+1]`` (instance
+                                                  models; :mod:`cvpipe.data.instance_masks` decodes a batch)
+- ``<split>/instance_has_mask.npy`` bool [M]      False where the source gave a box without a mask (empty RLE;
+                                                  the mask loss skips it)
+- ``<split>/crops.npy``       uint8 [M, C, C, 3]  object-centred crops (classifier)
+- ``<split>/crop_labels.npy`` int64 [M]           0-based class index
 - ``<split>/instances.json``  COCO ground truth in prepared coordinates (boxes, RLE masks)
-- ``meta.json``               class names, sizes, per-channel mean/std of train, split counts, hashes, and
-                              ``image_size_choice``: how the size was chosen and what the objects measure at it
-                              (:func:`cvpipe.data.image_size.choose_image_size`)
+- ``meta.json``               class names, sizes, per-channel mean/std of train, split counts, per-split class
+                              counts, the array plan, hashes, and ``image_size_choice``: how the size was chosen
+                              and what the objects measure at it (:func:`cvpipe.data.image_size.choose_image_size`)
 
 ``image_size`` is an integer, or ``"auto"``: chosen from the train split's image and box sizes by the rule of
 :mod:`cvpipe.data.image_size` (the split is drawn first, so the choice never sees validation or test labels).
+
+Scale: images are decoded and letterboxed by a process pool (:mod:`cvpipe.data.parallel`, results in image
+order, so 1 and N workers write the same bytes), and the large arrays are streamed to disk in image order
+(:mod:`cvpipe.data.npy_stream`), hashed on the way; the train statistics are exact integer sums gathered in the
+same pass. Memory holds a bounded window of images plus a few dozen bytes per object (boxes, labels, mask RLEs);
+the COCO records are streamed to a temporary file.
 """
 
 from __future__ import annotations
@@ -27,23 +37,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
+from cvpipe.data.array_plan import ArrayPlan, without_masks
 from cvpipe.data.canonical import CanonicalDataset
-from cvpipe.data.image_files import open_rgb
 from cvpipe.data.image_size import AutoSizeRule, choose_image_size
-from cvpipe.data.masks import decode_segmentation, encode_mask
+from cvpipe.data.npy_stream import NpyStreamWriter
+from cvpipe.data.parallel import WorkerPool
+from cvpipe.data.prepare_image import (IGNORE_INDEX, PAD_VALUE, Annotation, ImageJob, letterbox,  # noqa: F401
+                                       object_crop, prepare_image)
+from cvpipe.data.split_checks import SPLITS, check_split, class_counts
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
-PAD_VALUE = 114  # letterbox grey, the value YOLO-family preprocessing uses
-IGNORE_INDEX = 255
 
 
 def split_image_ids(image_ids: list[int], *, seed: int, fractions: tuple[float, float, float]) -> dict[int, str]:
@@ -58,37 +70,6 @@ def split_image_ids(image_ids: list[int], *, seed: int, fractions: tuple[float, 
     return assignment
 
 
-def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
-    """Scale the longer side to ``size`` and pad right/bottom. Returns uint8 [S, S, 3] and the scale."""
-    scale = size / max(image.width, image.height)
-    if scale != 1.0:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.BILINEAR)
-    out = np.full((size, size, 3), PAD_VALUE, np.uint8)
-    arr = np.asarray(image.convert("RGB"))
-    out[: arr.shape[0], : arr.shape[1]] = arr
-    return out, scale
-
-
-def _letterbox_mask(mask: np.ndarray, scale: float, size: int) -> np.ndarray:
-    if scale != 1.0:
-        h, w = mask.shape
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-            (max(1, round(w * scale)), max(1, round(h * scale))), Image.NEAREST)) > 127
-    out = np.zeros((size, size), bool)
-    out[: mask.shape[0], : mask.shape[1]] = mask[:size, :size]
-    return out
-
-
-def object_crop(image: np.ndarray, box: np.ndarray, *, context: float, crop_size: int) -> np.ndarray:
-    """Square crop centred on ``box`` (xyxy), side = context × longer box side, padded, resized."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half = max(1.0, context * max(box[2] - box[0], box[3] - box[1]) / 2)  # ≥ 2 px: a tiny box still crops
-    pil = Image.fromarray(image)
-    crop = pil.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))  # pads with 0
-    return np.asarray(crop.resize((crop_size, crop_size), Image.BILINEAR))
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -97,84 +78,153 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def identical_file_groups(image_root: Path, images: pd.DataFrame) -> dict[int, int]:
-    """image_id → the smallest image_id with the same file content (itself when the file is unique)."""
+def identical_file_groups(image_root: Path, images: pd.DataFrame, *, pool: WorkerPool | None = None) -> dict[int, int]:
+    """image_id → the smallest image_id with the same file content (itself when the file is unique); the files
+    are hashed by ``pool``'s processes (default: this one)."""
     first: dict[str, int] = {}
     groups = {}
-    for image_id, name in sorted(zip(images["image_id"].astype(int), images["file_name"])):
-        groups[image_id] = first.setdefault(_sha256(image_root / name), image_id)
+    rows = sorted(zip(images["image_id"].astype(int), images["file_name"]))
+    paths = [image_root / name for _, name in rows]
+    digests = map(_sha256, paths) if pool is None else pool.map(_sha256, paths, window=64 * pool.workers)
+    for (image_id, _), digest in zip(rows, digests):
+        groups[image_id] = first.setdefault(digest, image_id)
     copies = sum(g != i for i, g in groups.items())
     if copies:
         log.info("%d images are byte-identical copies of others; each stays in its original's split", copies)
     return groups
 
 
-def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *, image_size: int,
-                   crop_size: int, crop_context: float, split: str) -> dict[str, Any]:
+def _annotation_rows(dataset: CanonicalDataset, images: pd.DataFrame) -> dict[int, tuple[Annotation, ...]]:
+    """image_id → its annotations in table order, as the small records a worker takes."""
+    anns = dataset.annotations[dataset.annotations["image_id"].isin(images["image_id"])]
+    grouped: dict[int, list[Annotation]] = {}
+    for a in anns.itertuples():
+        grouped.setdefault(int(a.image_id), []).append(Annotation(
+            int(a.ann_id), int(a.category_id), float(a.x), float(a.y), float(a.w), float(a.h), int(a.iscrowd),
+            float(a.area), a.segmentation))
+    return {k: tuple(v) for k, v in grouped.items()}
+
+
+def _jobs(dataset: CanonicalDataset, images: pd.DataFrame, *, image_size: int, crop_size: int, crop_context: float,
+          plan: ArrayPlan) -> Iterator[ImageJob]:
+    by_image = _annotation_rows(dataset, images)
+    for i, row in enumerate(images.itertuples()):
+        yield ImageJob(dataset.image_root / row.file_name, int(row.image_id), str(row.file_name), i,
+                       int(row.height), int(row.width), by_image.get(int(row.image_id), ()), image_size, crop_size,
+                       crop_context, want_image=plan.wants("images"), want_semantic=plan.wants("semantic"),
+                       want_crops=plan.wants("crops"))
+
+
+class _JsonArrayStream:
+    """A JSON list written item by item to a temporary file (``json.dump``'s separators), so the COCO records of
+    a large split never sit in memory together."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = path, 0
+        self.fh = path.open("w")
+
+    def append(self, item: dict[str, Any]) -> None:
+        self.fh.write((", " if self.count else "") + json.dumps(item))
+        self.count += 1
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _write_coco(path: Path, images: _JsonArrayStream, annotations: _JsonArrayStream,
+                categories: list[dict[str, Any]]) -> None:
+    """``instances.json`` as ``json.dump({"images": …, "annotations": …, "categories": …})`` writes it."""
+    with path.open("w") as out:
+        for key, part in (("images", images), ("annotations", annotations)):
+            part.close()
+            out.write(("{" if key == "images" else ", ") + f'"{key}": [')
+            with part.path.open() as fh:
+                shutil.copyfileobj(fh, out, 1 << 20)
+            out.write("]")
+            part.path.unlink()
+        out.write(f', "categories": {json.dumps(categories)}}}')
+
+
+def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *, image_size: int, crop_size: int,
+                   crop_context: float, split: str, plan: ArrayPlan, pool: WorkerPool) -> dict[str, Any]:
+    """Write one split's arrays, streamed in image order (bounded memory whatever the split's size); returns its
+    counts, the streamed files' SHA-256 and the per-channel integer pixel sums for the statistics."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.npy"):  # a plan that drops an array must not leave the last run's file behind
+        stale.unlink()
     n = len(images)
-    image_arr = np.lib.format.open_memmap(out / "images.npy", "w+", np.uint8, (n, image_size, image_size, 3))
-    semantic = np.lib.format.open_memmap(out / "semantic.npy", "w+", np.uint8, (n, image_size, image_size))
-    by_image = dict(tuple(dataset.annotations.groupby("image_id", sort=False)))
     in_split = dataset.annotations["image_id"].isin(images["image_id"])
-    num_instances = int((in_split & (dataset.annotations["iscrowd"] == 0)).sum())
-    # one row per training box; a memmap so a large split never has to fit in memory
-    instance_masks = np.lib.format.open_memmap(out / "instance_masks.npy", "w+", np.uint8,
-                                               (num_instances, image_size, image_size))
-    has_mask = np.zeros(num_instances, bool)
-    boxes, labels, offsets, crops, crop_labels = [], [], [0], [], []
-    coco_images, coco_anns = [], []
-    for i, row in enumerate(tqdm(images.itertuples(), total=n, desc=f"prepare {split}", unit="img")):
-        # upright 8-bit RGB, as validation checked it (EXIF orientation, grayscale/16-bit/palette/alpha)
-        image_arr[i], scale = letterbox(open_rgb(dataset.image_root / row.file_name), image_size)
-        semantic[i] = 0
-        coco_images.append({"id": int(row.image_id), "file_name": str(row.file_name), "width": image_size,
-                            "height": image_size, "index": i, "scale": scale})
-        anns = by_image.get(row.image_id)
-        for ann in ([] if anns is None else anns.itertuples()):
-            box = np.array([ann.x, ann.y, ann.x + ann.w, ann.y + ann.h], np.float32) * scale
-            box = np.clip(box, 0, image_size)
-            mask = None
-            record = {"id": int(ann.ann_id), "image_id": int(row.image_id), "category_id": int(ann.category_id),
-                      "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-                      "iscrowd": int(ann.iscrowd), "area": float(ann.area) * scale * scale}
-            if ann.segmentation is not None:
-                mask = _letterbox_mask(decode_segmentation(ann.segmentation, int(row.height), int(row.width)),
-                                       scale, image_size)
-                semantic[i][mask] = IGNORE_INDEX if ann.iscrowd else int(ann.category_id)
-                record["segmentation"], record["area"] = encode_mask(mask), float(mask.sum())
-            coco_anns.append(record)
-            if ann.iscrowd:
-                continue  # crowd regions are ignored by training and by COCOeval alike
-            if mask is not None:  # a box without a mask keeps its all-zero row of the new memmap
-                instance_masks[len(boxes)] = mask
-                has_mask[len(boxes)] = True
-            boxes.append(box)
-            labels.append(int(ann.category_id) - 1)
-            crops.append(object_crop(image_arr[i], box, context=crop_context, crop_size=crop_size))
-            crop_labels.append(int(ann.category_id) - 1)
-        offsets.append(len(boxes))
-    image_arr.flush()
-    semantic.flush()
-    instance_masks.flush()
-    np.save(out / "instance_has_mask.npy", has_mask)
+    num_objects = int((in_split & (dataset.annotations["iscrowd"] == 0)).sum())
+    writers: dict[str, NpyStreamWriter] = {}
+    if plan.wants("images"):
+        writers["images"] = NpyStreamWriter(out / "images.npy", np.uint8, (n, image_size, image_size, 3))
+    if plan.wants("semantic"):
+        writers["semantic"] = NpyStreamWriter(out / "semantic.npy", np.uint8, (n, image_size, image_size))
+    if plan.wants("crops"):
+        writers["crops"] = NpyStreamWriter(out / "crops.npy", np.uint8, (num_objects, crop_size, crop_size, 3))
+    coco_images = _JsonArrayStream(out / "instances.images.part")
+    coco_anns = _JsonArrayStream(out / "instances.annotations.part")
+    boxes: list[np.ndarray] = []
+    labels: list[int] = []
+    offsets = [0]
+    rle_chunks: list[bytes] = []
+    rle_offsets = [0]
+    has_mask: list[bool] = []
+    pixel_sum = np.zeros(3, np.int64)
+    pixel_sq_sum = np.zeros(3, np.int64)
+    jobs = _jobs(dataset, images, image_size=image_size, crop_size=crop_size, crop_context=crop_context, plan=plan)
+    try:
+        for result in tqdm(pool.map(prepare_image, jobs), total=n, desc=f"prepare {split}",
+                           unit="img"):
+            if result.image is not None:
+                writers["images"].append(result.image)
+            if result.semantic is not None:
+                writers["semantic"].append(result.semantic)
+            if result.crops:
+                writers["crops"].append(np.stack(result.crops))
+            coco_images.append(result.coco_image)
+            for record in result.coco_annotations:
+                coco_anns.append(record)
+            boxes += result.boxes
+            labels += result.labels
+            offsets.append(len(boxes))
+            if plan.wants("instance_masks"):
+                for rle in result.mask_rles:
+                    has_mask.append(rle is not None)
+                    rle_chunks.append(rle or b"")
+                    rle_offsets.append(rle_offsets[-1] + len(rle_chunks[-1]))
+            pixel_sum += result.pixel_sum
+            pixel_sq_sum += result.pixel_sq_sum
+        hashes = {f"{split}/{name}.npy": writer.close() for name, writer in writers.items()}
+    finally:
+        for writer in writers.values():
+            writer.abort()
     np.save(out / "boxes.npy", np.array(boxes, np.float32).reshape(-1, 4))
     np.save(out / "box_labels.npy", np.array(labels, np.int64))
     np.save(out / "box_offsets.npy", np.array(offsets, np.int64))
-    np.save(out / "crops.npy", np.array(crops, np.uint8).reshape(-1, crop_size, crop_size, 3))
-    np.save(out / "crop_labels.npy", np.array(crop_labels, np.int64))
+    if plan.wants("crops"):
+        np.save(out / "crop_labels.npy", np.array(labels, np.int64))
+    if plan.wants("instance_masks"):
+        # each box's mask as COCO compressed RLE (a few dozen bytes), decoded per batch by the training loader;
+        # a box the source gave without a mask has an empty row and has_mask False (the mask loss skips it)
+        np.save(out / "instance_rle.npy", np.frombuffer(b"".join(rle_chunks), np.uint8))
+        np.save(out / "instance_rle_offsets.npy", np.array(rle_offsets, np.int64))
+        np.save(out / "instance_has_mask.npy", np.array(has_mask, bool))
     categories = [{"id": int(r.category_id), "name": str(r.name)} for r in dataset.categories.itertuples()]
-    with (out / "instances.json").open("w") as fh:
-        json.dump({"images": coco_images, "annotations": coco_anns, "categories": categories}, fh)
-    return {"images": n, "objects": len(boxes), "crops": len(crops)}
-
+    _write_coco(out / "instances.json", coco_images, coco_anns, categories)
+    return {"counts": {"images": n, "objects": len(boxes), "crops": len(boxes) if plan.wants("crops") else 0},
+            "hashes": hashes, "pixel_sum": pixel_sum, "pixel_sq_sum": pixel_sq_sum}
 
 def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int, image_size: int | str,
                     fractions: tuple[float, float, float], crop_size: int, crop_context: float,
-                    size_rule: AutoSizeRule = AutoSizeRule()) -> dict[str, Any]:
-    """Split, choose the size (``image_size`` or the ``auto`` rule), letterbox and write the arrays; returns (and
-    writes) ``meta.json``. The size's warnings (objects under the finest stride) are logged."""
+                    size_rule: AutoSizeRule = AutoSizeRule(), plan: ArrayPlan = ArrayPlan(), workers: int = 1,
+                    class_absent_from_train: str = "warn") -> dict[str, Any]:
+    """Split, check the split (:mod:`cvpipe.data.split_checks`), choose the size (``image_size`` or the ``auto``
+    rule), letterbox with ``workers`` processes and write the arrays of ``plan`` (mask arrays only where the source
+    has masks); returns (and writes) ``meta.json``. The output is the same bytes for any ``workers``."""
     out_dir = Path(out_dir)
+    has_masks = bool(dataset.annotations["segmentation"].notna().any()) if len(dataset.annotations) else False
+    plan = without_masks(plan, has_masks=has_masks, source=str(dataset.info.get("path") or dataset.image_root))
     images = dataset.images.copy()
     given = images["split"].where(images["split"].isin(SPLITS))
     if given.notna().all() and set(given) == set(SPLITS):
@@ -184,34 +234,39 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
             log.warning("the source gives splits %s for %d of %d images, not all of train/val/test: drawing a "
                         "seeded split instead", sorted(set(given.dropna())), int(given.notna().sum()), len(images))
         # byte-identical files (web-scraped sets have them) go to one split together: no train/test leakage
-        groups = identical_file_groups(dataset.image_root, images)
+        with WorkerPool(workers) as pool:
+            groups = identical_file_groups(dataset.image_root, images, pool=pool)
         assignment = split_image_ids(sorted(set(groups.values())), seed=seed, fractions=fractions)
         images["split"] = images["image_id"].map(groups).map(assignment)
-    train_images = images[images["split"] == "train"]
     names = dict(zip(dataset.categories["category_id"].astype(int), dataset.categories["name"].astype(str)))
+    per_class = class_counts(dataset.annotations, images.set_index("image_id")["split"], names)
+    split_warnings = check_split(per_class, {s: int((images["split"] == s).sum()) for s in SPLITS}, plan=plan,
+                                 class_absent_from_train=class_absent_from_train,
+                                 source=str(dataset.info.get("path") or dataset.image_root))
+    train_images = images[images["split"] == "train"]
     choice = choose_image_size(train_images if len(train_images) else images, dataset.annotations, names,
                                requested=image_size, rule=size_rule)
     image_size = choice["image_size"]
     log.info("image size %d px: %s", image_size, choice["reason"])
     for line in choice["warnings"]:
         log.warning("%s", line)
-    counts = {}
-    for split in SPLITS:
-        part = images[images["split"] == split].sort_values("image_id")
-        counts[split] = _prepare_split(dataset, part, out_dir / split, image_size=image_size, crop_size=crop_size,
-                                       crop_context=crop_context, split=split)
-    train = np.load(out_dir / "train" / "images.npy", mmap_mode="r")
-    # Per-channel statistics in 0..1 units, accumulated in chunks to bound memory.
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    for start in range(0, len(train), 256):
-        chunk = train[start:start + 256].astype(np.float64) / 255.0
-        total += chunk.sum(axis=(0, 1, 2))
-        total_sq += (chunk ** 2).sum(axis=(0, 1, 2))
-    pixels = max(1, train.shape[0] * train.shape[1] * train.shape[2])
-    mean = total / pixels
-    std = np.sqrt(np.maximum(total_sq / pixels - mean ** 2, 1e-12))
-    hashes = {str(p.relative_to(out_dir)): _sha256(p) for p in sorted(out_dir.glob("*/*")) if p.is_file()}
+    counts, hashes = {}, {}
+    with WorkerPool(workers) as pool:
+        for split in SPLITS:
+            part = images[images["split"] == split].sort_values("image_id")
+            written = _prepare_split(dataset, part, out_dir / split, image_size=image_size, crop_size=crop_size,
+                                     crop_context=crop_context, split=split, plan=plan, pool=pool)
+            counts[split] = written["counts"]
+            hashes.update(written["hashes"])
+            if split == "train":  # per-channel statistics in 0..1 units, from the exact integer sums
+                pixels = max(1, len(part) * image_size * image_size)
+                mean = written["pixel_sum"] / 255.0 / pixels
+                std = np.sqrt(np.maximum(written["pixel_sq_sum"] / 255.0 ** 2 / pixels - mean ** 2, 1e-12))
+    for path in sorted(out_dir.glob("*/*")):  # the small files; the large ones were hashed as they were written
+        key = str(path.relative_to(out_dir))
+        if path.is_file() and key not in hashes:
+            hashes[key] = _sha256(path)
+    hashes = dict(sorted(hashes.items()))
     meta = {
         "class_names": dataset.class_names,
         "image_size": image_size,
@@ -219,6 +274,9 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
         "mean": mean.round(6).tolist(),
         "std": std.round(6).tolist(),
         "splits": counts,
+        "class_counts": per_class,
+        "split_warnings": split_warnings,
+        "arrays": plan.to_dict(),
         "files": hashes,
         "data_hash": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16],
         "image_size_choice": choice,

@@ -14,8 +14,11 @@ from cvpipe.data.image_size import LEVEL_REACH
 
 def prepare_report(meta: dict[str, Any]) -> dict[str, Any]:
     """The JSON report from ``meta.json`` (:func:`cvpipe.data.prepare.prepare_dataset`): the size choice, the
-    split counts and the prepared data's hash."""
-    return {**meta["image_size_choice"], "splits": meta["splits"], "data_hash": meta["data_hash"]}
+    split counts, each class's objects per split and the split's warnings, the arrays written and the prepared
+    data's hash."""
+    return {**meta["image_size_choice"], "splits": meta["splits"], "class_counts": meta.get("class_counts", {}),
+            "split_warnings": meta.get("split_warnings", []), "arrays": meta.get("arrays", {}),
+            "data_hash": meta["data_hash"]}
 
 
 def _px(value: float) -> str:
@@ -55,9 +58,19 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> None:
     else:
         lines += ["Every box is its whole image (classification data) or there is none: no object sizes to check.",
                   ""]
-    lines += ["## Warnings", ""] + ([f"- {w}" for w in report["warnings"]] or ["none"])
+    lines += ["## Warnings", ""] + ([f"- {w}" for w in report["warnings"] + report["split_warnings"]] or ["none"])
     lines += ["", "## Splits", "", "| split | images | objects | crops |", "|---|---|---|---|"]
     lines += [f"| {name} | {s['images']} | {s['objects']} | {s['crops']} |" for name, s in report["splits"].items()]
+    if report["class_counts"]:
+        splits = list(report["class_counts"])
+        lines += ["", "Objects per class and split (rule 'class in train': `prepare.class_absent_from_train`):", "",
+                  "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+        lines += [f"| {name} | " + " | ".join(str(report["class_counts"][s][name]) for s in splits) + " |"
+                  for name in report["class_counts"][splits[0]]]
+    if report["arrays"]:
+        arrays, models = report["arrays"]["arrays"], report["arrays"]["models"]
+        why = ", ".join(f"{m} ({t})" for m, t in models.items()) or "a library call: every array the data allows"
+        lines += ["", f"Arrays written beside the boxes: {', '.join(arrays) or 'none'}; for {why}."]
     lines += ["", f"Prepared data hash: `{report['data_hash']}`.", ""]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines), encoding="utf-8")
@@ -77,7 +90,11 @@ def log_to_mlflow(report: dict[str, Any], artifacts: list[Path], *, experiment: 
     and the auto size, warnings and per class the low-tail short side and the fraction under the finest stride
     (px at the chosen size) as metrics, the data hash and the reason as tags, the reports as artifacts."""
     metrics: dict[str, float] = {"image_size": report["image_size"], "auto_image_size": report["auto_size"],
-                                 "size_warnings": len(report["warnings"])}
+                                 "size_warnings": len(report["warnings"]),
+                                 "split_warnings": len(report["split_warnings"])}
+    for split, per_class in report["class_counts"].items():
+        for name, count in per_class.items():
+            metrics[f"objects_{split}_{metric_name(name)}"] = count
     for c in report["classes"]:
         metrics[f"low_short_side_px_{metric_name(c['name'])}"] = c["low_short_side_px"]
         metrics[f"below_stride_fraction_{metric_name(c['name'])}"] = c["below_stride_fraction"]
