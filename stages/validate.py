@@ -4,6 +4,8 @@ Outputs: the canonical dataset (COCO JSON; absent when validation fails with on_
 Markdown reports, which open with the outcome (passed | passed with quarantine: rows set aside and the run
 went on | FAILED: the run stopped), and the quarantine list (header only when nothing was set aside). A data
 fault exits 1 with a short message naming the rule, the count and the first offending files; never a traceback.
+The image files are decoded in ``runtime.data_workers`` processes (0 = every core); the outputs are the same
+whatever it is.
 """
 
 import argparse
@@ -11,8 +13,9 @@ import json
 import logging
 from pathlib import Path
 
-from cvpipe.config import DataConfig, MlflowConfig, ValidateConfig, from_section, load_params
+from cvpipe.config import DataConfig, MlflowConfig, RuntimeConfig, ValidateConfig, from_section, load_params
 from cvpipe.data.importers import import_dataset
+from cvpipe.data.parallel import resolve_workers
 from cvpipe.data.validation import quarantine, validate_dataset
 from cvpipe.data.validation_report import (dataset_stats, log_to_mlflow, summary, write_markdown,
                                            write_quarantine_csv)
@@ -37,11 +40,12 @@ def main() -> None:
     data = DataConfig.from_params(params)
     config = from_section(ValidateConfig, params.get("validate"), "validate")
     mlflow_config = from_section(MlflowConfig, params.get("mlflow"), "mlflow")
+    workers = resolve_workers(from_section(RuntimeConfig, params.get("runtime"), "runtime").data_workers)
     args.out.unlink(missing_ok=True)  # a failed run must not leave the previous dataset behind
 
     dataset = import_dataset(data.source, data.path, data.importer_options())
     report = validate_dataset(dataset, tolerance_px=config.box_tolerance_px, out_of_bounds=config.out_of_bounds,
-                              exif_labels=config.exif_labels, outside_paths=config.outside_paths)
+                              exif_labels=config.exif_labels, outside_paths=config.outside_paths, workers=workers)
     kept, quarantined, refusal = report.checked, [], None
     if not report.success and config.on_error == "quarantine":
         try:

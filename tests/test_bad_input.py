@@ -25,6 +25,7 @@ from PIL import Image
 
 from cvpipe.data.importers import import_dataset
 from cvpipe.data.validation import ValidationReport, quarantine, validate_dataset
+from cvpipe.data.validation_report import dataset_stats, summary, write_markdown
 from cvpipe.errors import ConfigError, DataValidationError
 from data_fixtures import broken, write_image
 
@@ -199,7 +200,8 @@ def test_unreadable_label_files_break_label_file_parses(source, kind, tmp_path):
     what = {"fifo": "FIFO", "loop": "symlink loop", "dir": "directory", "not_utf8": "not UTF-8",
             "bomb": "decompression bomb", "rgb": "expected one channel of class ids"}[kind]
     report = check(source, root)
-    # The unreadable file's objects cannot be counted: its image is set aside, the good file's object kept.
+    # The unreadable file's objects are not imported (the report counts those it can, see
+    # test_objects_in_unparseable_label_files_are_counted_in_both_modes): its image is set aside, the good one kept.
     items = check_both_modes(report, rules={LABEL_PARSES: 1}, named={LABEL_PARSES: [label, what]}, images=2,
                              objects=1, kept=(1, 1))
     assert items[0]["label_file"] == label
@@ -238,6 +240,102 @@ def test_dataset_wide_files_that_cannot_be_read_are_a_config_error_naming_them(s
     with pytest.raises(ConfigError, match=name.split("/")[-1].replace(".", r"\.")) as caught:
         import_dataset(source, root)
     assert {"fifo": "FIFO", "not_utf8": "not UTF-8", "dir": "directory"}[kind] in str(caught.value)
+
+
+# ---------------------------------------------------------------- objects inside label files that do not parse
+
+
+def report_json(report: ValidationReport, on_error: str, tmp_path: Path) -> tuple[dict, str]:
+    """The stage's JSON report and Markdown for ``on_error`` (as stages/validate.py builds them)."""
+    kept, items = quarantine(report.checked, report) if on_error == "quarantine" else (report.checked, [])
+    data = summary(report, dataset_stats(kept), items, kept, 5, {"source": "test", "path": "x"}, on_error=on_error)
+    write_markdown(data, tmp_path / f"{on_error}.md", 5)
+    return data, (tmp_path / f"{on_error}.md").read_text()
+
+
+def unparseable(path: Path, kind: str) -> None:
+    """A label file that is read but does not parse: VOC ``malformed`` (cut short; 3 objects), ``bomb`` (an
+    entity bomb whose DTD also spells out an object, which must not count; 2 objects), ``not_utf8`` (Latin-1
+    without an encoding declaration; 3 objects); YOLO ``not_utf8`` (Latin-1; 2 non-blank lines)."""
+    if path.suffix == ".txt":
+        path.write_bytes("0 0.5 0.5 0.2 0.2\n\n0 0.3 0.3 0.1 0.1 # caf\xe9\n".encode("latin-1"))
+        return
+    xml = voc_xml("bad.png", [("cat", (2, 2, 8, 8))] * 3)
+    if kind == "bomb":
+        levels = "".join(f'<!ENTITY e{k} "{f"&e{k - 1};" * 10}">' for k in range(1, 10))
+        xml = (f'<!DOCTYPE annotation [<!ENTITY decoy "<object>x</object>"><!ENTITY e0 "x">{levels}]>'
+               + voc_xml("bad.png", [("&e9;", (2, 2, 8, 8)), ("cat", (2, 2, 8, 8))]))
+    if kind == "malformed":
+        xml = xml[:-len("</annotation>")]
+    path.write_bytes(xml.replace("cat", "caf\xe9", 1).encode("latin-1") if kind == "not_utf8" else xml.encode())
+
+
+@pytest.mark.parametrize("source,kind,objects,why", [
+    ("voc", "malformed", 3, "no element found"), ("voc", "bomb", 2, "amplification"),
+    ("voc", "not_utf8", 3, "not UTF-8"), ("yolo", "not_utf8", 2, "not UTF-8")])
+def test_objects_in_unparseable_label_files_are_counted_in_both_modes(source, kind, objects, why, tmp_path):
+    root = two_image_set(source, tmp_path / source, "label", lambda p: unparseable(p, kind))
+    label = {"voc": "Annotations/bad.xml", "yolo": "labels/bad.txt"}[source]
+    report = check(source, root)
+    counted = f"({objects} <object> element(s) in it" if source == "voc" else f"({objects} label line(s) in it"
+    check_both_modes(report, rules={LABEL_PARSES: 1}, named={LABEL_PARSES: [label, why, counted]}, images=2,
+                     objects=1, kept=(1, 1))
+    for on_error, quarantined in (("fail", 0), ("quarantine", 0)):  # the bad file's image holds no object rows
+        data, markdown = report_json(report, on_error, tmp_path)
+        assert data["objects"] == {"input": 1 + objects, "kept": 1, "quarantined": quarantined, "unparsed": objects,
+                                   "unparsed_files": 1, "unparsed_examples": [
+                                       {"label_file": label, "file_name": "bad.png", "objects": objects}]}
+        assert f"objects in unparseable label files: {objects} (not imported)" in markdown
+        assert f"Objects: {1 + objects} in the source = 1 kept + 0 quarantined + {objects} in unparseable" in markdown
+    assert data["headline"].endswith(f"{objects} objects in unparseable label files were not imported.")
+
+
+# ---------------------------------------------------------------- masks saved in a lossy format
+
+
+def lossy_mask(path: Path, kind: str) -> Path:
+    """A 0/255 mask (the values JPEG rings around) saved lossy in place of ``path`` (``masks/<stem>.png``):
+    ``jpeg`` as .jpg, ``jpeg_named_png`` JPEG bytes under the .png name, ``webp`` lossy WebP. Returns it."""
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:14, 6:20] = 255
+    target = {"jpeg": path.with_suffix(".jpg"), "jpeg_named_png": path, "webp": path.with_suffix(".webp")}[kind]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(target, format="WEBP" if kind == "webp" else "JPEG", quality=75)
+    return target
+
+
+@pytest.mark.parametrize("kind,label,what", [("jpeg", "masks/bad.jpg", "saved as JPEG"),
+                                             ("jpeg_named_png", "masks/bad.png", "saved as JPEG"),
+                                             ("webp", "masks/bad.webp", "saved as lossy WebP")])
+def test_lossy_mask_files_break_mask_file_lossless_in_both_modes(kind, label, what, tmp_path):
+    root = two_image_set("masks", tmp_path / "masks", "label", lambda p: lossy_mask(p, kind))
+    dataset = import_dataset("masks", root)
+    assert dataset.class_names == ["class_1"]  # from good.png alone: the ringing values never become classes
+    report = validate_dataset(dataset, tolerance_px=0.5)
+    items = check_both_modes(report, rules={"mask file lossless": 1},
+                             named={"mask file lossless": [label, what, "export masks as PNG (lossless)"]},
+                             images=2, objects=1, kept=(1, 1))
+    assert [(i["file_name"], i["label_file"]) for i in items] == [("bad.png", label)]
+
+
+def test_a_jpeg_mask_folder_gives_no_classes_and_fails_while_lossless_webp_passes(tmp_path):
+    for k in range(3):
+        write_image(tmp_path / "images" / f"{k}.png", seed=k)
+        lossy_mask(tmp_path / "masks" / f"{k}.png", "jpeg")
+    dataset = import_dataset("masks", tmp_path)
+    assert dataset.categories.empty and dataset.annotations.empty  # not 254 classes and 1,180 regions
+    report = validate_dataset(dataset, tolerance_px=0.5)
+    assert broken(report) == {"mask file lossless": 3}
+    clean, items = quarantine(report.checked, report)
+    assert clean.images.empty and len(items) == 3  # the stage then stops: "no images ... left"
+    for k in range(3):
+        (tmp_path / "masks" / f"{k}.jpg").unlink()
+        mask = np.zeros((24, 32), np.uint8)
+        mask[4:14, 6:20] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{k}.webp", lossless=True)
+    dataset = import_dataset("masks", tmp_path)
+    assert dataset.class_names == ["foreground"] and len(dataset.annotations) == 3
+    assert validate_dataset(dataset, tolerance_px=0.5).success
 
 
 # ---------------------------------------------------------------- COCO field types
@@ -511,6 +609,10 @@ def test_stage_quarantine_lists_every_bad_object_and_counts_add_up(tmp_path, sta
     # source: 4 image files + 1 orphan label; 3 + 1 + 1 + 2 readable lines (c.txt cannot be read)
     assert q["kept"]["images"] + q["images"] == 5 and q["kept"]["annotations"] + q["annotations"] == 7
     assert (q["kept"]["images"], q["kept"]["annotations"]) == (2, 3)
+    # ...and c.txt's one line, counted from its bytes: input = kept + quarantined + unparsed
+    objects = report["objects"]
+    assert (objects["input"], objects["kept"], objects["quarantined"], objects["unparsed"]) == (8, 3, 4, 1)
+    assert "objects in unparseable label files: 1 (not imported)" in (out / "validation.md").read_text()
     with (out / "quarantine.csv").open() as fh:
         rows = {(r["file"], r["rule"], r["label_file"]) for r in csv.DictReader(fh)}
     assert {("a.png", "label line parses", "labels/a.txt"), ("c.png", LABEL_PARSES, "labels/c.txt"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cvpipe.errors import DataValidationError
 from cvpipe.postprocess.detections import select_detections
 from cvpipe.tuning.detection_thresholds import (choose_operating_point, count_matches, threshold_grid,
                                                 tune_detection_thresholds)
@@ -164,7 +165,7 @@ def test_grid_equals_select_detections_per_cell() -> None:
 def test_bad_inputs_raise_value_error() -> None:
     boxes, scores, _ = hand_scene()
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
-    with pytest.raises(ValueError, match="no ground-truth"):
+    with pytest.raises(DataValidationError, match="no ground-truth objects"):  # a data fault: a clean exit
         threshold_grid(boxes, scores, empty, score_thresholds=[0.5], iou_thresholds=[0.5], max_detections=10)
     grid = threshold_grid(*hand_scene(), score_thresholds=[0.5], iou_thresholds=[0.5], max_detections=10)
     with pytest.raises(ValueError, match="objective"):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -17,7 +18,8 @@ from PIL import Image
 from cvpipe.data.importers import export_voc, import_dataset
 from cvpipe.data.image_files import TRANSPOSE, open_rgb, orient_boxes
 from cvpipe.data.prepare import prepare_dataset
-from cvpipe.data.validation import validate_dataset
+from cvpipe.data.validation import quarantine, validate_dataset
+from cvpipe.data.validation_report import dataset_stats, summary, write_markdown, write_quarantine_csv
 from data_fixtures import broken, subset, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +115,42 @@ def test_corrupt_files_size_mismatch_clip_and_leakage(tmp_path):
     clipped = validate_dataset(ds, tolerance_px=0.5, out_of_bounds="clip")
     assert "box right edge inside image" not in broken(clipped)
     assert [c["after"] for c in clipped.notes["clipped"]] == [[20.0, 5.0, 12.0, 5.0]]
+
+
+def test_outputs_are_byte_identical_with_one_and_two_decode_workers(tmp_path):
+    """runtime.data_workers changes who decodes the files, never what validate writes: file facts, report,
+    Markdown, quarantine list and dataset, on a set with every kind of file fault."""
+    names = ["ok.jpg", "cut.jpg", "junk.png", "turned.jpg", "copy_a.png", "copy_b.png", "grey.png", "gone.jpg"]
+    for i, name in enumerate(names[:-1]):
+        write_image(tmp_path / "JPEGImages" / name, 32, 24, seed=0 if name.startswith("copy") else i + 1,
+                    mode="L" if name == "grey.png" else "RGB", exif_orientation=6 if name == "turned.jpg" else None)
+    data = (tmp_path / "JPEGImages" / "cut.jpg").read_bytes()
+    (tmp_path / "JPEGImages" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "JPEGImages" / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    _voc(tmp_path, {name: [("a", (1, 1, 10, 10))] for name in names}, {name: (32, 24) for name in names},
+         splits={"train": [n.split(".")[0] for n in names[:-3]], "test": ["copy_b", "grey", "gone"]})
+    dataset = import_dataset("voc", tmp_path)
+    outputs = []
+    for workers in (1, 2):
+        report = validate_dataset(dataset, tolerance_px=0.5, workers=workers)
+        kept, items = quarantine(report.checked, report)
+        out = tmp_path / f"workers{workers}"
+        out.mkdir()
+        result = summary(report, dataset_stats(kept, report.files), items, kept, 3, {"source": "voc"},
+                         on_error="quarantine")
+        (out / "validation.json").write_text(json.dumps(result, indent=2, default=str))
+        write_markdown(result, out / "validation.md", 3)
+        write_quarantine_csv(items, out / "quarantine.csv")
+        kept.save(out / "dataset.json")
+        outputs.append((report.files, {f.name: f.read_bytes() for f in sorted(out.iterdir())}))
+    (facts_1, files_1), (facts_2, files_2) = outputs
+    pd.testing.assert_frame_equal(facts_1, facts_2)
+    assert files_1 == files_2
+    # copy_a, copy_b, cut, gone, grey, junk, ok, turned: every kind of fact met (and no buffer address quoted)
+    assert facts_2["decodes"].tolist() == [True, True, False, None, True, False, True, True]
+    assert facts_2["decode_error"][5] == "UnidentifiedImageError: cannot identify image file"
+    assert facts_2["orientation"].tolist()[-1] == 6
+    assert json.loads(files_2["validation.json"])["quarantine"]["images"] == 4  # cut, junk, copy_b, gone
 
 
 def test_odd_but_valid_input_passes_and_prepares(tmp_path):

@@ -22,7 +22,7 @@ def decode_image(data: bytes) -> np.ndarray:
     from PIL import ImageOps
 
     from cvpipe.data.file_checks import UnreadableFile
-    from cvpipe.data.image_files import open_checked, to_rgb
+    from cvpipe.data.image_files import decode_problem, open_checked, to_rgb
 
     try:
         with open_checked(io.BytesIO(data)) as image:
@@ -32,7 +32,7 @@ def decode_image(data: bytes) -> np.ndarray:
     except UnreadableFile as exc:
         raise ValueError(str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"not a decodable image ({decode_problem(exc)})") from None
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -12,7 +12,8 @@ Optional columns an importer may add (kept through the COCO JSON where marked *)
 - ``images``: ``label_file`` (the source label file of the row, None when the image has none),
   ``mask_file`` and ``mask_values`` (semantic mask folders: mask path and its class values), ``name_error``
   (the file name is not UTF-8), ``label_error`` and ``field_error`` (a label file or record that cannot be
-  used; validation reports each).
+  used; validation reports each), ``lossy_mask`` (a mask file saved as JPEG or lossy WebP), ``unparsed_objects``
+  (how many objects a label file that does not parse holds, counted from its bytes; never imported).
 - ``annotations``: ``difficult`` * (Pascal VOC flag, 0/1), ``source_label`` (the class as written in the source).
 - ``categories``: ``source_id`` * (the class id or index the source used before mapping to 1..K).
 

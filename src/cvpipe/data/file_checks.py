@@ -60,7 +60,11 @@ def read_regular_bytes(path: str | Path) -> bytes:
 
 def read_text(path: str | Path) -> str:
     """``path`` decoded as UTF-8 (a BOM is dropped); :class:`UnreadableFile` names the first bad byte."""
-    data = read_regular_bytes(path)
+    return decode_text(read_regular_bytes(path))
+
+
+def decode_text(data: bytes) -> str:
+    """``data`` decoded as UTF-8 (a BOM is dropped); :class:`UnreadableFile` names the first bad byte."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

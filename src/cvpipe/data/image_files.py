@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 
              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}
 SWAPS_SIDES = {5, 6, 7, 8}  # orientations whose upright image is the stored one turned by 90°
+IN_MEMORY_FILE = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")  # PIL quotes the buffer it was given
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -104,6 +106,12 @@ def header_size(path: Path) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
+def decode_problem(exc: BaseException) -> str:
+    """``"<error type>: <message>"`` of a decode fault, without the address of the in-memory buffer PIL quotes
+    (``cannot identify image file <_io.BytesIO object at 0x7f...>``), so reports are the same on every run."""
+    return IN_MEMORY_FILE.sub("", f"{type(exc).__name__}: {exc}")
+
+
 def inspect_file(path: Path) -> FileFacts:
     """Check what ``path`` is (a FIFO, device or directory is never opened), then read and fully decode it:
     a truncated or corrupt file, or a decompression bomb, fails here, not later in training."""
@@ -124,7 +132,7 @@ def inspect_file(path: Path) -> FileFacts:
     except UnreadableFile as exc:
         return FileFacts(exists=True, decodes=False, sha1=sha1, error=str(exc))
     except (OSError, SyntaxError, ValueError) as exc:
-        return FileFacts(exists=True, decodes=False, sha1=sha1, error=f"{type(exc).__name__}: {exc}")
+        return FileFacts(exists=True, decodes=False, sha1=sha1, error=decode_problem(exc))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

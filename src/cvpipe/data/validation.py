@@ -245,8 +245,10 @@ def quarantine(dataset: CanonicalDataset, report: ValidationReport) -> tuple[Can
 
 
 def validate_dataset(dataset: CanonicalDataset, *, tolerance_px: float, out_of_bounds: str = "reject",
-                     exif_labels: str = "auto", outside_paths: list[str] | tuple[str, ...] = ()) -> ValidationReport:
-    """Inspect the files, check segmentations, normalise orientation (and clip, if asked), run the suite.
+                     exif_labels: str = "auto", outside_paths: list[str] | tuple[str, ...] = (),
+                     workers: int = 1) -> ValidationReport:
+    """Inspect the files (read and decoded in ``workers`` processes; the report is the same for any number),
+    check segmentations, normalise orientation (and clip, if asked), run the suite.
 
     A file name outside data.path (absolute, or ``..`` climbing out) breaks "file name inside data.path"
     and the file is never opened, unless it lies inside one of ``outside_paths`` (``validate.outside_paths``):
@@ -258,7 +260,8 @@ def validate_dataset(dataset: CanonicalDataset, *, tolerance_px: float, out_of_b
     outside = outside_reasons(dataset)
     refused = refused_outside(dataset, outside, tuple(outside_paths))
     unnamed = dataset.images["name_error"].notna() if "name_error" in dataset.images else [False] * len(refused)
-    files = inspect_images(dataset, [reason is not None or bool(bad) for reason, bad in zip(refused, unnamed)])
+    files = inspect_images(dataset, [reason is not None or bool(bad) for reason, bad in zip(refused, unnamed)],
+                           workers=workers)
     dataset = _sizes_from_files(dataset, files)
     seg_errors = segmentation_errors(dataset)
     bad_segmentations = {k for k, error in enumerate(seg_errors) if error is not None}

@@ -1,7 +1,8 @@
 """Derived columns the rules test, computed once per dataset before GX runs (see :mod:`validation_rules`).
 
-- per image: where the file name points (``outside_data_path``) and what the file is (:func:`inspect_images`;
-  a name outside ``data.path`` is never touched unless allowed);
+- per image: where the file name points (``outside_data_path``) and what the file is (:func:`inspect_images`,
+  over ``workers`` processes with the same table whatever their number; a name outside ``data.path`` is never
+  touched unless allowed);
 - per annotation: ``segmentation_error`` (:mod:`cvpipe.data.segmentation_check`) and ``blank_label``;
 - per category: ``name_key``, the name compared ignoring case and runs of spaces (None when blank).
 """
@@ -16,6 +17,7 @@ import pandas as pd
 from cvpipe.data.canonical import CanonicalDataset
 from cvpipe.data.file_checks import MISSING, escapes_root, inside_any
 from cvpipe.data.image_files import inspect_file
+from cvpipe.data.parallel import ordered_map
 from cvpipe.data.segmentation_check import segmentation_problem
 
 FACT_COLUMNS = ["file_exists", "file_kind", "decodes", "stored_width", "stored_height", "upright_width",
@@ -50,18 +52,25 @@ def refused_outside(dataset: CanonicalDataset, outside: list[str | None],
             else f"{reason}: {hint}" for name, reason in zip(dataset.images["file_name"], outside)]
 
 
-def inspect_images(dataset: CanonicalDataset, skip: list[bool]) -> pd.DataFrame:
+def inspect_images(dataset: CanonicalDataset, skip: list[bool], *, workers: int = 1) -> pd.DataFrame:
     """One row per image with :data:`FACT_COLUMNS`; rows where ``skip`` is true (a name outside data.path,
     or no name) are not touched and hold None, so only their own rule reports them.
 
+    The files are read and decoded by :func:`cvpipe.data.image_files.inspect_file` in ``workers`` processes
+    (:func:`cvpipe.data.parallel.ordered_map`: results in row order, so the table is the same for any number).
     ``file_exists``/``decodes``/``file_kind`` are None where another rule already says why the file cannot
     be used (GX skips nulls): a missing file has only "exists", a FIFO only "is a regular file"."""
+    names = dataset.images["file_name"].tolist()
+    opened = [not skipped and isinstance(name, str) for name, skipped in zip(names, skip)]
+    paths = [dataset.image_root / name for name, ok in zip(names, opened) if ok]
+    # small facts, no pixels: collected whole, so the pool is shut down before the table is built
+    facts = iter(list(ordered_map(inspect_file, paths, workers=min(workers, len(paths)))))  # no pool for 0-1 file
     rows: list[dict[str, Any]] = []
-    for name, skipped in zip(dataset.images["file_name"], skip):
-        if skipped or not isinstance(name, str):
+    for ok in opened:
+        if not ok:
             rows.append(dict.fromkeys(FACT_COLUMNS))
             continue
-        fact = inspect_file(dataset.image_root / name)
+        fact = next(facts)
         rows.append({"file_exists": fact.exists, "file_kind": None if fact.kind == MISSING else fact.kind,
                      "decodes": fact.decodes if fact.exists else None, "stored_width": fact.width,
                      "stored_height": fact.height, "upright_width": fact.upright_size[0],

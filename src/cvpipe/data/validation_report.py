@@ -6,6 +6,10 @@ under ``validate.on_error: quarantine`` and the run went on with the rest) or ``
 ``quarantine.csv`` has one line per (removed row, broken rule): ``file, rule, value, table, ann_id, label_file``, so a
 quarantined image and each of its annotations can be found again; ``reports/validation.json`` holds the
 same items with their counts.
+
+Objects add up (:func:`object_counts`): input = kept + quarantined + unparsed, where unparsed are the objects
+inside label files that were read but do not parse (a malformed VOC XML, a YOLO file that is not UTF-8), which
+the importer counts from the raw bytes and never imports.
 """
 
 from __future__ import annotations
@@ -63,14 +67,33 @@ def dataset_stats(dataset: CanonicalDataset, files: pd.DataFrame | None = None) 
     return stats
 
 
+def object_counts(checked: CanonicalDataset | None, kept: CanonicalDataset, quarantined_annotations: int,
+                  max_examples: int) -> dict[str, Any]:
+    """``input`` = ``kept`` + ``quarantined`` + ``unparsed`` objects, and the first label files (with their
+    counts) whose objects could not be imported. ``unparsed`` sums the importer's per-image
+    ``unparsed_objects`` column of ``checked`` (absent: 0)."""
+    images = checked.images if checked is not None else kept.images
+    files: list[dict[str, Any]] = []
+    if "unparsed_objects" in images:
+        counted = pd.to_numeric(images["unparsed_objects"], errors="coerce").fillna(0).astype(int)
+        where = images.loc[counted > 0]
+        files = [{"label_file": label, "file_name": name, "objects": int(n)} for label, name, n in
+                 zip(where["label_file"], where["file_name"], counted[counted > 0])]
+    unparsed = sum(f["objects"] for f in files)
+    return {"input": len(kept.annotations) + quarantined_annotations + unparsed, "kept": len(kept.annotations),
+            "quarantined": quarantined_annotations, "unparsed": unparsed, "unparsed_files": len(files),
+            "unparsed_examples": files[:max_examples]}
+
+
 def outcome(*, success: bool, on_error: str, quarantine: dict[str, Any], stopped: str | None,
-            quarantine_file: str) -> tuple[str, str]:
+            quarantine_file: str, unparsed: int = 0) -> tuple[str, str]:
     """(status, headline) of a validation run, the first thing its reports say.
 
     ``passed``: every rule holds and the run goes on. ``passed with quarantine``: rules broke, ``on_error`` is
     ``quarantine`` and the offending rows were set aside, so the run goes on with the rest. ``FAILED``: the run
     stops, because rules broke under ``on_error: fail`` or ``stopped`` (nothing left, or a fault quarantine
-    cannot set aside) says why."""
+    cannot set aside) says why. ``unparsed`` objects (in label files that do not parse) are named in the
+    quarantine headline: they were not imported, so neither set aside nor kept as rows."""
     kept = quarantine["kept"]
     if stopped is not None:
         return "FAILED", f"FAILED: {stopped}; the run stopped."
@@ -81,7 +104,8 @@ def outcome(*, success: bool, on_error: str, quarantine: dict[str, Any], stopped
         return "passed with quarantine", (
             f"PASSED WITH QUARANTINE: {quarantine['images']} images / {quarantine['annotations']} annotations set "
             f"aside (see {quarantine_file}); the run continued with {kept['images']} images and "
-            f"{kept['annotations']} annotations.")
+            f"{kept['annotations']} annotations." + (f" {unparsed} objects in unparseable label files were not "
+                                                     "imported." if unparsed else ""))
     return "FAILED", ("FAILED: rules broken (below); the run stopped (validate.on_error: fail; 'quarantine' sets "
                       "the offending rows aside and goes on).")
 
@@ -89,15 +113,16 @@ def outcome(*, success: bool, on_error: str, quarantine: dict[str, Any], stopped
 def summary(report: Any, stats: dict[str, Any], quarantined: list[dict[str, Any]], kept: CanonicalDataset,
             max_examples: int, source: dict[str, Any], *, on_error: str = "fail", stopped: str | None = None,
             quarantine_file: str = "quarantine.csv") -> dict[str, Any]:
-    """The JSON report: the outcome (:func:`outcome`) first, then rules, normalisation, statistics and the
-    quarantine with its counts."""
+    """The JSON report: the outcome (:func:`outcome`) first, then rules, normalisation, statistics, the object
+    counts (:func:`object_counts`) and the quarantine with its counts."""
     by_table = {t: sum(1 for q in quarantined if q["table"] == t) for t in ("images", "annotations")}
     quarantine = {"count": len(quarantined), "images": by_table["images"], "annotations": by_table["annotations"],
                   "kept": {"images": len(kept.images), "annotations": len(kept.annotations)}, "items": quarantined}
+    objects = object_counts(report.checked, kept, by_table["annotations"], max_examples)
     status, headline = outcome(success=report.success, on_error=on_error, quarantine=quarantine, stopped=stopped,
-                               quarantine_file=quarantine_file)
+                               quarantine_file=quarantine_file, unparsed=objects["unparsed"])
     return {"status": status, "headline": headline, **report.to_dict(max_examples), "source": source,
-            "stats": stats, "quarantine": quarantine}
+            "stats": stats, "objects": objects, "quarantine": quarantine}
 
 
 def write_quarantine_csv(items: list[dict[str, Any]], path: str | Path) -> int:
@@ -136,9 +161,15 @@ def write_markdown(data: dict[str, Any], path: str | Path, max_examples: int) ->
     for name, note in data["normalised"].items():
         lines.append(f"- {name}: {note['count']}" + (f" (first: {_cell(note['examples'][:max_examples])})"
                                                       if note["count"] else ""))
-    q = data["quarantine"]
+    q, objects = data["quarantine"], data["objects"]
     lines += ["", "## Quarantine", "", f"{q['images']} images and {q['annotations']} annotations set aside; kept "
-              f"{q['kept']['images']} images and {q['kept']['annotations']} annotations."]
+              f"{q['kept']['images']} images and {q['kept']['annotations']} annotations.", "",
+              f"Objects: {objects['input']} in the source = {objects['kept']} kept + {objects['quarantined']} "
+              f"quarantined + {objects['unparsed']} in unparseable label files (not imported)."]
+    if objects["unparsed"]:
+        first = ", ".join(f"{f['label_file']} ({f['objects']})" for f in objects["unparsed_examples"])
+        lines += ["", f"- objects in unparseable label files: {objects['unparsed']} (not imported), in "
+                      f"{objects['unparsed_files']} file(s); first: {_cell(first)}"]
     stats = data["stats"]
     lines += ["", "## Statistics", "", f"- splits: {stats['splits']}", f"- images without objects (negatives): "
               f"{stats['negative_images']}", f"- image width: {stats['image_width']}",
@@ -158,12 +189,13 @@ def write_markdown(data: dict[str, Any], path: str | Path, max_examples: int) ->
 
 def log_to_mlflow(data: dict[str, Any], artifacts: list[Path], *, experiment: str) -> str:
     """One run named ``validate`` in the experiment ``<experiment>-data`` (:mod:`cvpipe.data.data_runs`):
-    input/kept/quarantined counts and failing rows per rule as metrics, the outcome as tags, the reports as
+    input/kept/quarantined/unparsed counts and failing rows per rule as metrics, the outcome as tags, the reports as
     artifacts. Returns the run id."""
     q = data["quarantine"]
     metrics = {"images_in": data["counts"].get("images", 0), "annotations_in": data["counts"].get("annotations", 0),
                "images_kept": q["kept"]["images"], "annotations_kept": q["kept"]["annotations"],
                "quarantined_images": q["images"], "quarantined_annotations": q["annotations"],
+               "unparsed_objects": data["objects"]["unparsed"],
                "broken_rules": sum(not r["success"] for r in data["rules"]),
                **{f"normalised_{k}": v["count"] for k, v in data["normalised"].items()}}
     metrics.update({"rule_" + metric_name(r["rule"]): r["unexpected_count"] for r in data["rules"]})

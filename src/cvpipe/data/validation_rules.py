@@ -4,8 +4,8 @@ expectation on one table with a human name.
 Rules read plain columns of the three tables as :mod:`cvpipe.data.validation` prepares them (file facts,
 box ends, segmentation and name checks are derived there). Optional columns add their rules only when an
 importer wrote them: ``label_file``, ``name_error`` (a file name that is not UTF-8), ``label_error``,
-``mask_out_of_range``, ``field_error`` (COCO field types), ``parse_error`` (one bad line or object of a label
-file), ``blank_label``.
+``lossy_mask`` (a mask file saved as JPEG or lossy WebP), ``mask_out_of_range``, ``field_error`` (COCO field
+types), ``parse_error`` (one bad line or object of a label file), ``blank_label``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def _optional_rules(e: Any, img: tuple[str, ...], ann: tuple[str, ...], cat: tup
                                       e.ExpectColumnValuesToBeNull(column="name_error"), img)),
         ("images", "field_error", Rule("image fields well-typed", "images",
                                        e.ExpectColumnValuesToBeNull(column="field_error"), img)),
+        ("images", "lossy_mask", Rule("mask file lossless", "images",
+                                      e.ExpectColumnValuesToBeNull(column="lossy_mask"), img)),
         ("images", "mask_out_of_range", Rule("mask values within class range", "images",
                                              e.ExpectColumnValuesToBeNull(column="mask_out_of_range"), img)),
         ("annotations", "field_error", Rule("annotation fields well-typed", "annotations",

@@ -117,7 +117,8 @@ class InstanceSegmentationTask(InstanceSegmentationServing, DetectionTask):
             detections = iter_instances(dense, score_threshold=min(score_thresholds), iou_threshold=nms_iou,
                                         max_detections=tune.max_detections, mask_thresholds=mask_thresholds)
             return tune_instance_thresholds(detections, ground_truth_instances(load_ground_truth(prepared, split)),
-                                            score_thresholds=score_thresholds, mask_thresholds=mask_thresholds)
+                                            score_thresholds=score_thresholds, mask_thresholds=mask_thresholds,
+                                            split=split)
 
         point = grid_on("val", tune.score_thresholds, tune.mask_thresholds)
         test = grid_on("test", (point.score_threshold,), (point.mask_threshold,))

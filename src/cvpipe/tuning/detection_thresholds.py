@@ -32,6 +32,7 @@ import torch
 from torchvision.ops import box_iou
 
 from cvpipe.postprocess.detections import select_detections
+from cvpipe.tuning.empty_split import require_objects
 
 OBJECTIVES = ("f1", "recall_at_precision")
 UNMATCHED = -1  # match_detections: the detection matched no ground-truth box
@@ -122,20 +123,20 @@ def _rates(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 def threshold_grid(boxes: Sequence[torch.Tensor | np.ndarray], scores: Sequence[torch.Tensor | np.ndarray],
                    targets: Sequence[dict], *, score_thresholds: Sequence[float],
                    iou_thresholds: Sequence[float | None], max_detections: int,
-                   match_iou: float = 0.5) -> list[dict[str, Any]]:
+                   match_iou: float = 0.5, split: str = "val") -> list[dict[str, Any]]:
     """TP/FP/FN, precision, recall and F1 of every (score threshold, NMS IoU threshold) cell.
 
     boxes: per image [A, 4] xyxy absolute (or one [N, A, 4] array); scores: per image [A, K] in 0..1;
     targets: per image {"boxes" [G, 4] xyxy absolute, "labels" [G] 0..K-1}. Returns one dict per cell
     with keys score_threshold, iou_threshold, tp, fp, fn, precision, recall, f1 (IoU-major order).
+    Targets without a single box: :class:`cvpipe.errors.DataValidationError` naming ``split``.
     """
     if not len(boxes) == len(scores) == len(targets):
         raise ValueError(f"{len(boxes)} box arrays, {len(scores)} score arrays, {len(targets)} targets")
     if not len(score_thresholds) or not len(iou_thresholds):
         raise ValueError("score_thresholds and iou_thresholds must not be empty")
     num_gt = sum(int(_tensor(t["labels"]).numel()) for t in targets)
-    if num_gt == 0:
-        raise ValueError("targets hold no ground-truth boxes: recall is undefined, nothing to tune on")
+    require_objects(num_gt, split=split, images=len(targets), chooses="score threshold or NMS IoU threshold")
     lowest = min(score_thresholds)
     grid = []
     for iou_threshold in iou_thresholds:

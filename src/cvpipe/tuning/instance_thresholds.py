@@ -28,6 +28,7 @@ from pycocotools import mask as mask_utils
 
 from cvpipe.data.masks import pycocotools_rle
 from cvpipe.tuning.detection_thresholds import UNMATCHED, greedy_match
+from cvpipe.tuning.empty_split import require_objects
 
 MATCH_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
 
@@ -53,12 +54,13 @@ def mask_iou_matrix(pred: Sequence[dict[str, Any]], gt: Sequence[dict[str, Any]]
 
 def instance_threshold_grid(detections: Iterable[dict[str, Any]], ground_truth: Sequence[dict[str, Any]], *,
                             score_thresholds: Sequence[float], mask_thresholds: Sequence[float],
-                            match_ious: Sequence[float] = MATCH_IOUS) -> list[dict[str, Any]]:
+                            match_ious: Sequence[float] = MATCH_IOUS, split: str = "val") -> list[dict[str, Any]]:
     """One row per (mask threshold, score threshold): tp/fp/fn at IoU 0.5, precision50, recall50, f1_50 and the
     objective ``f1`` (mean over ``match_ious``).
 
     detections: per image {"scores" [D], "labels" [D], "rles": {τ: [D RLEs]}} for every τ in mask_thresholds,
     selected at the lowest score threshold; ground_truth: per image {"labels" [G], "rles": [G RLEs]} (no crowd).
+    No instance at all: :class:`cvpipe.errors.DataValidationError` naming ``split``.
     """
     if not len(score_thresholds) or not len(mask_thresholds):
         raise ValueError("score_thresholds and mask_thresholds must not be empty")
@@ -73,8 +75,7 @@ def instance_threshold_grid(detections: Iterable[dict[str, Any]], ground_truth: 
                               for t in match_ious], axis=1) if len(det["scores"]) else np.zeros((0, len(match_ious)), bool)
             scores_by_tau[tau].append(np.asarray(det["scores"], np.float64))
             tp_by_tau[tau].append(flags)
-    if num_gt == 0:
-        raise ValueError("ground truth holds no instances: recall is undefined, nothing to tune on")
+    require_objects(num_gt, split=split, images=len(ground_truth), chooses="score threshold or mask threshold")
     grid = []
     for tau in mask_thresholds:
         scores, tp = np.concatenate(scores_by_tau[tau]), np.concatenate(tp_by_tau[tau])
@@ -92,11 +93,12 @@ def instance_threshold_grid(detections: Iterable[dict[str, Any]], ground_truth: 
 
 
 def tune_instance_thresholds(detections: Iterable[dict[str, Any]], ground_truth: Sequence[dict[str, Any]], *,
-                             score_thresholds: Sequence[float], mask_thresholds: Sequence[float]) -> InstanceOperatingPoint:
+                             score_thresholds: Sequence[float], mask_thresholds: Sequence[float],
+                             split: str = "val") -> InstanceOperatingPoint:
     """The grid cell with the highest objective; ties go to the higher score threshold, then the mask threshold
     closest to 0.5."""
     grid = instance_threshold_grid(detections, ground_truth, score_thresholds=score_thresholds,
-                                   mask_thresholds=mask_thresholds)
+                                   mask_thresholds=mask_thresholds, split=split)
     best = max(grid, key=lambda r: (round(r["f1"], 12), r["score_threshold"], -abs(r["mask_threshold"] - 0.5)))
     return InstanceOperatingPoint(score_threshold=best["score_threshold"], mask_threshold=best["mask_threshold"],
                                   f1=best["f1"], precision50=best["precision50"], recall50=best["recall50"],

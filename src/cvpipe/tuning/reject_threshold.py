@@ -3,7 +3,7 @@
 Chosen on validation as the smallest threshold t such that the precision of the accepted predictions
 (max softmax probability ≥ t) is at least ``target_precision``; the smallest such t keeps the most
 predictions (coverage). If no threshold reaches the target, the one with the highest precision is taken
-and flagged.
+and flagged. A split with no labelled crops (no objects) has no threshold: :class:`DataValidationError`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from cvpipe.tuning.empty_split import require_objects
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,11 @@ def accepted_precision(probs: np.ndarray, labels: np.ndarray, threshold: float) 
     return float((probs[keep].argmax(axis=1) == labels[keep]).mean()), coverage
 
 
-def choose_reject_threshold(probs: np.ndarray, labels: np.ndarray, target_precision: float) -> OperatingPoint:
-    """Smallest threshold whose accepted precision on (probs [N, K], labels [N]) reaches the target."""
+def choose_reject_threshold(probs: np.ndarray, labels: np.ndarray, target_precision: float, *,
+                            split: str = "val") -> OperatingPoint:
+    """Smallest threshold whose accepted precision on (probs [N, K], labels [N]) reaches the target;
+    :class:`cvpipe.errors.DataValidationError` when N is 0 (``split`` names the split in the message)."""
+    require_objects(len(labels), split=split, images=None, chooses="reject threshold")
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     order = np.argsort(-confidence, kind="stable")

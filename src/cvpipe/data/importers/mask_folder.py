@@ -14,6 +14,11 @@ Carvana, most Kaggle sets) is one foreground class: 255 is class 1, named ``fore
 keeps 255 as ignore. A mask must be one channel of class ids (grey, palette indices, 16-bit): an RGB mask
 whose channels differ is colour-coded and refused (rule "label file parses", saying what is expected),
 as is a mask that is not a regular file or is a decompression bomb.
+
+A mask stored in a lossy format (JPEG by its extension or its content, lossy WebP) breaks rule "mask file
+lossless" (column ``lossy_mask``) and is never decoded: compression rings at region edges, so a 0/255 mask
+would come back holding every value from 0 to 255 (hundreds of classes). Its image imports without regions
+and the class table is built from the other masks only.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from scipy import ndimage
 
 from cvpipe.data.canonical import CanonicalDataset
 from cvpipe.data.file_checks import MISSING, UnreadableFile, file_kind, read_regular_bytes
-from cvpipe.data.image_files import open_checked
+from cvpipe.data.image_files import decode_problem, open_checked
 from cvpipe.data.importers.common import (TableBuilder, class_name_of, copy_image,
                                           list_images, read_lines, split_of, stem_key,
                                           upright_size)
@@ -41,6 +46,12 @@ EIGHT_CONNECTED = np.ones((3, 3), bool)
 BINARY_VALUES = {0, 255}  # what "auto" recognises as a binary mask folder
 FOREGROUND = "foreground"  # the class name of binary masks when none is given
 ID_MODES = ("L", "P", "I", "I;16", "1")  # modes whose pixel values are class ids as they are
+JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # PIL's names for JPEG content (MPO: multi-picture JPEG)
+
+
+class LossyMask(Exception):
+    """A mask file in a lossy format (rule "mask file lossless"); ``str(exc)`` says which and what to do."""
 
 
 def _class_names(root: Path, class_names: list[str] | None) -> list[str] | None:
@@ -52,10 +63,37 @@ def _class_names(root: Path, class_names: list[str] | None) -> list[str] | None:
     return None
 
 
+def _webp_is_lossy(data: bytes) -> bool:
+    """A WebP file whose image chunk is ``VP8 `` (lossy), not ``VP8L`` (lossless); walks the RIFF chunks."""
+    offset = 12  # "RIFF" size "WEBP"
+    while offset + 8 <= len(data):
+        fourcc, size = data[offset:offset + 4], int.from_bytes(data[offset + 4:offset + 8], "little")
+        if fourcc in (b"VP8 ", b"VP8L"):
+            return fourcc == b"VP8 "
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+    return False
+
+
+def lossy_format(path: Path, image_format: str | None, data: bytes) -> str | None:
+    """The lossy format a mask file is stored in: "JPEG" (by its name or its content), "lossy WebP" (a ``VP8 ``
+    image chunk), or None."""
+    if path.suffix.lower() in JPEG_EXTENSIONS or image_format in JPEG_FORMATS:
+        return "JPEG"
+    if image_format == "WEBP" and _webp_is_lossy(data):
+        return "lossy WebP"
+    return None
+
+
 def read_mask(path: Path, ignore_value: int) -> np.ndarray:
-    """int64 [H, W] class ids of one mask file; :class:`UnreadableFile` saying why it cannot be used."""
+    """int64 [H, W] class ids of one mask file; :class:`UnreadableFile` saying why it cannot be used, or
+    :class:`LossyMask` (checked from the header, before any pixel is decoded)."""
+    data = read_regular_bytes(path)
     try:
-        with open_checked(io.BytesIO(read_regular_bytes(path))) as im:
+        with open_checked(io.BytesIO(data)) as im:
+            lossy = lossy_format(path, im.format, data)
+            if lossy is not None:
+                raise LossyMask(f"mask saved as {lossy}: lossy compression changes the class ids at region edges "
+                                "(a 0/255 mask comes back with values 0..255); export masks as PNG (lossless)")
             im.load()
             if im.mode in ID_MODES:
                 return np.asarray(im).astype(np.int64)
@@ -65,7 +103,7 @@ def read_mask(path: Path, ignore_value: int) -> np.ndarray:
                 return np.asarray(im.convert("L")).astype(np.int64)
             rgb = np.asarray(im.convert("RGB")).astype(np.int64)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableFile(f"mask does not decode: {exc}") from None
+        raise UnreadableFile(f"mask does not decode: {decode_problem(exc)}") from None
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
         return rgb[..., 0]  # grey saved as RGB
     colours = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2])
@@ -75,11 +113,15 @@ def read_mask(path: Path, ignore_value: int) -> np.ndarray:
                          "grey or palette PNG; map each colour to its class id first")
 
 
-def _load(path: Path, ignore_value: int) -> tuple[np.ndarray | None, str | None]:
+def _load(path: Path, ignore_value: int) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(class ids, None, None), or None with why the file is unusable ("label file parses") or lossy
+    ("mask file lossless")."""
     try:
-        return read_mask(path, ignore_value), None
+        return read_mask(path, ignore_value), None, None
     except UnreadableFile as exc:
-        return None, str(exc)
+        return None, str(exc), None
+    except LossyMask as exc:
+        return None, None, str(exc)
 
 
 def _is_binary(binary: bool | str, values: set[int], names: list[str] | None) -> bool:
@@ -103,17 +145,18 @@ def import_mask_folder(path: str | Path, *, images: str = "images", masks: str =
     builder = TableBuilder()
     for file_name in list_images(image_dir):
         mask_name = mask_files.pop(stem_key(file_name), None)
-        mask, error = _load(mask_dir / mask_name, ignore_value) if mask_name else (None, None)
-        # the mask's size is the label size; without a mask, the image's own (only the pairing rule fires)
+        mask, error, lossy = _load(mask_dir / mask_name, ignore_value) if mask_name else (None, None, None)
+        # the mask's size is the label size; without a usable mask, the image's own (only its rule fires)
         height, width = mask.shape if mask is not None else upright_size(image_dir / file_name)[::-1]
         image_id = builder.add_image(file_name, width, height, split_of(file_name),
                                      label_file=f"{masks}/{mask_name}" if mask_name else None, label_error=error,
-                                     mask_values=None)
+                                     lossy_mask=lossy, mask_values=None)
         decoded.append((image_id, mask))
     for stem, mask_name in sorted(mask_files.items()):  # masks without an image: their regions still count
-        mask, error = _load(mask_dir / mask_name, ignore_value)
+        mask, error, lossy = _load(mask_dir / mask_name, ignore_value)
         image_id = builder.add_image(f"{stem}.*", float("nan"), float("nan"), split_of(mask_name),
-                                     label_file=f"{masks}/{mask_name}", label_error=error, mask_values=None)
+                                     label_file=f"{masks}/{mask_name}", label_error=error, lossy_mask=lossy,
+                                     mask_values=None)
         decoded.append((image_id, mask))
     seen = {int(v) for _, m in decoded if m is not None for v in np.unique(m)}
     if _is_binary(binary, seen, names):

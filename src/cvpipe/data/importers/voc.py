@@ -7,13 +7,17 @@ convention). ``difficult`` is kept as a column and, with ``difficult_as_crowd``,
 iscrowd=1 so training skips it and COCOeval neither rewards nor punishes it, as VOC's own metric does.
 An XML without objects is a negative image; an image without XML breaks "image has a label file".
 An object whose box is missing or not numeric is a row with ``parse_error`` (rule "label line parses"),
-the other objects of the file are read as usual; an XML that is not well-formed, not UTF-8 (without an
-encoding declaration) or not a regular file breaks "label file parses".
+the other objects of the file are read as usual; an XML that is not well-formed (an entity bomb included:
+expat refuses its amplification), not UTF-8 (without an encoding declaration) or not a regular file breaks
+"label file parses". The objects of a file that is read but does not parse are counted from its bytes
+(:func:`count_object_tags`) into the image's ``unparsed_objects``, so the report can say how many were not
+imported.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,6 +30,10 @@ from cvpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SPLIT_FILES = (("train", "train"), ("val", "val"), ("test", "test"), ("trainval", "train"))
+# count_object_tags: what it counts (an <object> start tag) and what it skips (comments, CDATA, the DOCTYPE)
+MARKUP = re.compile(rb"<object[\s/>]|<!--|<!\[CDATA\[|<!DOCTYPE")
+SKIP_TO = {b"<!--": re.compile(rb"-->"), b"<![CDATA[": re.compile(rb"\]\]>"),
+           b"[": re.compile(rb"\]\s*>")}  # "[": a DOCTYPE's internal subset, where entities are declared
 
 
 def _text(node: ET.Element | None, tag: str, default: str | None = None) -> str | None:
@@ -59,7 +67,11 @@ def _box_problem(box: ET.Element | None) -> str | None:
 def parse_voc_xml(path: Path) -> dict[str, Any]:
     """One VOC file → {filename, width, height, objects: [{name, xmin, ymin, xmax, ymax, difficult,
     parse_error}]}. Raises ``ET.ParseError`` or :class:`UnreadableFile` (never opens a special file)."""
-    data = read_regular_bytes(path)
+    return parse_voc_bytes(read_regular_bytes(path))
+
+
+def parse_voc_bytes(data: bytes) -> dict[str, Any]:
+    """:func:`parse_voc_xml` on the bytes of the file."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -81,6 +93,44 @@ def parse_voc_xml(path: Path) -> dict[str, Any]:
                         **{k: _number(box, k) for k in ("xmin", "ymin", "xmax", "ymax")}})
     return {"filename": _text(root, "filename"), "width": _number(size, "width"), "height": _number(size, "height"),
             "objects": objects}
+
+
+def count_object_tags(data: bytes) -> int:
+    """Best-effort number of ``<object>`` elements in XML bytes that do not parse: the ``<object>`` start tags
+    written out, outside comments, CDATA and the DOCTYPE. Entities are never expanded (an object only an entity
+    would write is not counted); one linear scan of the bytes, no parser."""
+    count, position = 0, 0
+    while (found := MARKUP.search(data, position)) is not None:
+        token, position = found.group(), found.end()
+        if token.startswith(b"<object"):
+            count += 1
+            continue
+        if token == b"<!DOCTYPE":
+            close, subset = data.find(b">", position), data.find(b"[", position)
+            if subset == -1 or -1 < close < subset:  # no internal subset: the DOCTYPE ends at its ">"
+                position = len(data) if close == -1 else close + 1
+                continue
+            token, position = b"[", subset + 1
+        end = SKIP_TO[token].search(data, position)
+        if end is None:
+            break  # unterminated: the rest is inside it
+        position = end.end()
+    return count
+
+
+def _read_voc(path: Path) -> tuple[dict[str, Any], str | None, int | None]:
+    """(document, None, None); or, for a file that cannot be used, an empty document, why, and the number of
+    ``<object>`` elements in its bytes (None when it could not be read at all: a FIFO, a directory...)."""
+    empty = {"filename": None, "width": float("nan"), "height": float("nan"), "objects": []}
+    try:
+        data = read_regular_bytes(path)
+    except UnreadableFile as exc:
+        return empty, str(exc), None
+    try:
+        return parse_voc_bytes(data), None, None
+    except (ET.ParseError, UnreadableFile) as exc:
+        objects = count_object_tags(data)
+        return empty, f"{exc}" + (f" ({objects} <object> element(s) in it not imported)" if objects else ""), objects
 
 
 def _split_lists(folder: Path) -> dict[str, str]:
@@ -123,11 +173,7 @@ def import_voc(path: str | Path, *, images: str = "JPEGImages", annotations: str
     labelled: set[str] = set()
     for rel in list_files(xml_dir, (".xml",)):
         label_file = f"{annotations}/{rel}"
-        try:
-            doc = parse_voc_xml(xml_dir / rel)
-            error = None
-        except (ET.ParseError, UnreadableFile) as exc:
-            doc, error = {"filename": None, "width": float("nan"), "height": float("nan"), "objects": []}, str(exc)
+        doc, error, unparsed = _read_voc(xml_dir / rel)
         sub = str(PurePosixPath(rel).parent)
         given = doc["filename"]
         candidates = [str(PurePosixPath(sub) / given) if given and sub != "." else None, given,
@@ -141,7 +187,7 @@ def import_voc(path: str | Path, *, images: str = "JPEGImages", annotations: str
         if not (width > 0 and height > 0) and escapes_root(file_name, image_dir, root) is None:
             width, height = upright_size(image_dir / file_name)
         image_id = builder.add_image(file_name, width, height, _split(split_of_id, rel),
-                                     label_file=label_file, label_error=error)
+                                     label_file=label_file, label_error=error, unparsed_objects=unparsed)
         for obj in doc["objects"]:
             x0, y0 = obj["xmin"], obj["ymin"]
             crowd = obj["difficult"] if difficult_as_crowd else 0
@@ -151,7 +197,7 @@ def import_voc(path: str | Path, *, images: str = "JPEGImages", annotations: str
         if file_name not in labelled:
             width, height = upright_size(image_dir / file_name)
             builder.add_image(file_name, width, height, _split(split_of_id, file_name),
-                              label_file=None, label_error=None)
+                              label_file=None, label_error=None, unparsed_objects=None)
     return builder.build(image_dir, {"source": "voc", "path": str(root)})
 
 

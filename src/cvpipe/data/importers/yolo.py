@@ -10,7 +10,9 @@ Every non-blank line is one annotation row, so kept + quarantined always equals 
 files: a malformed line is a row with ``parse_error`` ("line 3: not numbers: ...", rule "label line
 parses"), and the lines after it are read as usual; a label file without an image still contributes its
 lines (on a row for the missing image). A label file that cannot be read (not UTF-8, a FIFO...) breaks
-"label file parses". LabelImg's ``labels/classes.txt`` is a class list, not a label file.
+"label file parses"; the non-blank lines of one that is read but is not UTF-8 are counted into the image's
+``unparsed_objects``, so the report can say how many objects were not imported. LabelImg's
+``labels/classes.txt`` is a class list, not a label file.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from cvpipe.data.canonical import CanonicalDataset
-from cvpipe.data.file_checks import MISSING, UnreadableFile, file_kind, read_text
+from cvpipe.data.file_checks import MISSING, UnreadableFile, decode_text, file_kind, read_regular_bytes, read_text
 from cvpipe.data.importers.common import (SPLIT_NAMES, TableBuilder, annotations_by_image, class_name_of,
                                           copy_image, list_files, list_images, read_lines, split_of, stem_key,
                                           upright_size)
@@ -132,12 +134,19 @@ def parse_label(text: str, width: float, height: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_label(path: Path, width: float, height: float) -> tuple[list[dict[str, Any]], str | None]:
-    """(rows of :func:`parse_label`, None), or ([], why) when the file cannot be read as text."""
+def _read_label(path: Path, width: float, height: float) -> tuple[list[dict[str, Any]], str | None, int | None]:
+    """(rows of :func:`parse_label`, None, None), or ([], why, non-blank lines) when the file is not UTF-8
+    (lines None when it could not be read at all: a FIFO, a directory...)."""
     try:
-        return parse_label(read_text(path), width, height), None
+        data = read_regular_bytes(path)
     except UnreadableFile as exc:
-        return [], str(exc)
+        return [], str(exc), None
+    try:
+        text = decode_text(data)
+    except UnreadableFile as exc:
+        lines = sum(1 for line in data.splitlines() if line.strip())
+        return [], f"{exc}" + (f" ({lines} label line(s) in it not imported)" if lines else ""), lines
+    return parse_label(text, width, height), None, None
 
 
 def import_yolo(path: str | Path, *, images: str = "images", labels: str = "labels", data_yaml: str = "data.yaml",
@@ -153,9 +162,9 @@ def import_yolo(path: str | Path, *, images: str = "images", labels: str = "labe
     builder = TableBuilder(class_names=[str(k) for k in range(len(names))])
 
     def add(file_name: str, width: float, height: float, split: str | None, label: str | None) -> None:
-        rows, error = _read_label(label_dir / label, width, height) if label else ([], None)
+        rows, error, unparsed = _read_label(label_dir / label, width, height) if label else ([], None, None)
         image_id = builder.add_image(file_name, width, height, split, label_file=f"{labels}/{label}" if label else None,
-                                     label_error=error, label_frame="upright")
+                                     label_error=error, unparsed_objects=unparsed, label_frame="upright")
         for row in rows:
             builder.add_box(image_id, row.pop("label"), **row)
 
