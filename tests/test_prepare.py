@@ -1,5 +1,6 @@
 import hashlib
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from cvpipe.data.detection_dataset import DetectionDataset
 from cvpipe.data.importers import import_dataset
 from cvpipe.data.instance_masks import InstanceMasks
 from cvpipe.data.masks import decode_segmentation
-from cvpipe.data.npy_stream import NpyStreamWriter
+from cvpipe.data.npy_stream import NpyRowFile
 from cvpipe.data.prepare import letterbox, prepare_dataset, split_image_ids
 from cvpipe.errors import ConfigError, DataValidationError
 
@@ -157,18 +158,20 @@ def test_a_validation_split_without_objects_is_refused_before_tune_meets_it(tiny
     _prepare(dataset, tmp_path, class_absent_from_train="warn")  # no configured model, nothing to refuse
 
 
-def test_npy_stream_writer_equals_np_save(tmp_path):
-    array = np.arange(2 * 5 * 3, dtype=np.uint8).reshape(2, 5, 3)
+def test_rows_written_in_any_order_give_np_save_bytes_and_hash(tmp_path):
+    array = np.arange(3 * 5 * 3, dtype=np.uint8).reshape(3, 5, 3)
     np.save(tmp_path / "saved.npy", array)
-    writer = NpyStreamWriter(tmp_path / "streamed.npy", np.uint8, array.shape)
-    writer.append(array[0])
-    writer.append(array[1:])
-    digest = writer.close()
-    assert (tmp_path / "streamed.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+    file = NpyRowFile(tmp_path / "rows.npy", np.uint8, array.shape)
+    target = pickle.loads(pickle.dumps(file.target()))  # what a pool worker receives
+    target.write(2, array[2])
+    target.write(0, array[:2])
+    file.confirm(3)
+    digest = file.close()
+    assert (tmp_path / "rows.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
     assert digest == hashlib.sha256((tmp_path / "saved.npy").read_bytes()).hexdigest()
-    short = NpyStreamWriter(tmp_path / "short.npy", np.uint8, array.shape)
-    short.append(array[0])
-    with pytest.raises(ValueError, match="1 rows written, 2 declared"):
+    short = NpyRowFile(tmp_path / "short.npy", np.uint8, array.shape)
+    short.confirm(1)
+    with pytest.raises(ValueError, match="1 rows written, 3 declared"):
         short.close()
 
 

@@ -194,7 +194,7 @@ class RuntimeConfig:
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads; 0 keeps torch's default
     amp: bool = True  # mixed precision, only ever used on CUDA
-    cpu_amp: bool = False  # bfloat16 autocast on CPU, where the CPU has it natively (AVX512-BF16 / AMX)
+    cpu_amp: bool = True  # bfloat16 autocast on CPU, where the CPU has it natively (AVX512-BF16 / AMX)
     channels_last: bool = True  # NHWC memory format for training and evaluation, on CUDA and CPU alike
     # train.augment batched: the train split's images are held in memory when at most this big (GiB)
     resident_data_gb: Annotated[float, Field(ge=0)] = 4.0

@@ -61,7 +61,7 @@ def cpu_has_bfloat16() -> bool:
 def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int = 0, channels_last: bool = True,
                     resident_data_gb: float = 4.0, compile: bool = False, cpu_amp: bool = False) -> Runtime:
     """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N'. ``amp``: float16 autocast on CUDA; ``cpu_amp``: bfloat16
-    autocast on a CPU with native bf16 (else a warning, and float32). ``channels_last`` (NHWC activations and
+    autocast on a CPU with native bf16 (else float32, said once in the log). ``channels_last`` (NHWC activations and
     weights) on either device: oneDNN's CPU convolutions are faster in it too."""
     if num_threads > 0:
         torch.set_num_threads(num_threads)
@@ -73,7 +73,8 @@ def resolve_runtime(device: str = "auto", *, amp: bool = True, num_threads: int 
     on_cuda = dev.type == "cuda"
     bf16 = not on_cuda and cpu_amp and cpu_has_bfloat16()
     if not on_cuda and cpu_amp and not bf16:
-        log.warning("runtime.cpu_amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in float32")
+        # the default params ask for it: on the many CPUs without bf16 this is the expected case, not a fault
+        log.info("runtime.cpu_amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); running in float32")
     return Runtime(device=dev, amp=(amp and on_cuda) or bf16, channels_last=channels_last,
                    resident_data_bytes=int(resident_data_gb * (1 << 30)), compile=compile,
                    amp_dtype=torch.bfloat16 if bf16 else torch.float16)

@@ -158,9 +158,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def open_rgb(path: str | Path) -> Image.Image:
     """The upright, 8-bit RGB image of ``path`` (decoded in memory; the file is closed on return)."""
-    with Image.open(path) as im:
+    with Image.open(path) as im:  # leaving the block closes the file only: the loaded pixels stay
         im.load()
-        upright = ImageOps.exif_transpose(im)
+        orientation = exif_orientation(im)
+        # the transpose exif_transpose would apply, without its copy of an image that is upright already
+        upright = im if orientation == 1 else im.transpose(TRANSPOSE[orientation])
     return to_rgb(upright)
 
 

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from tqdm import tqdm
 from cvpipe.data.array_plan import ArrayPlan, without_masks
 from cvpipe.data.canonical import CanonicalDataset
 from cvpipe.data.image_size import AutoSizeRule, choose_image_size
-from cvpipe.data.npy_stream import NpyStreamWriter
+from cvpipe.data.npy_stream import NpyRowFile
 from cvpipe.data.parallel import WorkerPool
 from cvpipe.data.prepare_image import (IGNORE_INDEX, PAD_VALUE, Annotation, ImageJob, letterbox,  # noqa: F401
                                        object_crop, prepare_image)
@@ -106,13 +107,17 @@ def _annotation_rows(dataset: CanonicalDataset, images: pd.DataFrame) -> dict[in
 
 
 def _jobs(dataset: CanonicalDataset, images: pd.DataFrame, *, image_size: int, crop_size: int, crop_context: float,
-          plan: ArrayPlan) -> Iterator[ImageJob]:
+          files: dict[str, NpyRowFile]) -> Iterator[ImageJob]:
     by_image = _annotation_rows(dataset, images)
+    targets = {name: files[name].target() if name in files else None for name in ("images", "semantic", "crops")}
+    first_crop = 0
     for i, row in enumerate(images.itertuples()):
+        annotations = by_image.get(int(row.image_id), ())
         yield ImageJob(dataset.image_root / row.file_name, int(row.image_id), str(row.file_name), i,
-                       int(row.height), int(row.width), by_image.get(int(row.image_id), ()), image_size, crop_size,
-                       crop_context, want_image=plan.wants("images"), want_semantic=plan.wants("semantic"),
-                       want_crops=plan.wants("crops"))
+                       int(row.height), int(row.width), annotations, image_size, crop_size, crop_context,
+                       image_out=targets["images"], semantic_out=targets["semantic"], crops_out=targets["crops"],
+                       first_crop=first_crop)
+        first_crop += sum(not a.iscrowd for a in annotations)
 
 
 class _JsonArrayStream:
@@ -155,13 +160,13 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
     n = len(images)
     in_split = dataset.annotations["image_id"].isin(images["image_id"])
     num_objects = int((in_split & (dataset.annotations["iscrowd"] == 0)).sum())
-    writers: dict[str, NpyStreamWriter] = {}
+    files: dict[str, NpyRowFile] = {}  # written in place by the workers, hashed here in row order
     if plan.wants("images"):
-        writers["images"] = NpyStreamWriter(out / "images.npy", np.uint8, (n, image_size, image_size, 3))
+        files["images"] = NpyRowFile(out / "images.npy", np.uint8, (n, image_size, image_size, 3))
     if plan.wants("semantic"):
-        writers["semantic"] = NpyStreamWriter(out / "semantic.npy", np.uint8, (n, image_size, image_size))
+        files["semantic"] = NpyRowFile(out / "semantic.npy", np.uint8, (n, image_size, image_size))
     if plan.wants("crops"):
-        writers["crops"] = NpyStreamWriter(out / "crops.npy", np.uint8, (num_objects, crop_size, crop_size, 3))
+        files["crops"] = NpyRowFile(out / "crops.npy", np.uint8, (num_objects, crop_size, crop_size, 3))
     coco_images = _JsonArrayStream(out / "instances.images.part")
     coco_anns = _JsonArrayStream(out / "instances.annotations.part")
     boxes: list[np.ndarray] = []
@@ -172,16 +177,11 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
     has_mask: list[bool] = []
     pixel_sum = np.zeros(3, np.int64)
     pixel_sq_sum = np.zeros(3, np.int64)
-    jobs = _jobs(dataset, images, image_size=image_size, crop_size=crop_size, crop_context=crop_context, plan=plan)
+    jobs = _jobs(dataset, images, image_size=image_size, crop_size=crop_size, crop_context=crop_context, files=files)
     try:
-        for result in tqdm(pool.map(prepare_image, jobs), total=n, desc=f"prepare {split}",
-                           unit="img"):
-            if result.image is not None:
-                writers["images"].append(result.image)
-            if result.semantic is not None:
-                writers["semantic"].append(result.semantic)
-            if result.crops:
-                writers["crops"].append(np.stack(result.crops))
+        for result in tqdm(pool.map(prepare_image, jobs), total=n, desc=f"prepare {split}", unit="img"):
+            for name, file in files.items():  # this image's rows are on disk: hash them in order
+                file.confirm(len(result.boxes) if name == "crops" else 1)
             coco_images.append(result.coco_image)
             for record in result.coco_annotations:
                 coco_anns.append(record)
@@ -195,10 +195,10 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
                     rle_offsets.append(rle_offsets[-1] + len(rle_chunks[-1]))
             pixel_sum += result.pixel_sum
             pixel_sq_sum += result.pixel_sq_sum
-        hashes = {f"{split}/{name}.npy": writer.close() for name, writer in writers.items()}
+        hashes = {f"{split}/{name}.npy": file.close() for name, file in files.items()}
     finally:
-        for writer in writers.values():
-            writer.abort()
+        for file in files.values():
+            file.abort()
     np.save(out / "boxes.npy", np.array(boxes, np.float32).reshape(-1, 4))
     np.save(out / "box_labels.npy", np.array(labels, np.int64))
     np.save(out / "box_offsets.npy", np.array(offsets, np.int64))
@@ -214,6 +214,7 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
     _write_coco(out / "instances.json", coco_images, coco_anns, categories)
     return {"counts": {"images": n, "objects": len(boxes), "crops": len(boxes) if plan.wants("crops") else 0},
             "hashes": hashes, "pixel_sum": pixel_sum, "pixel_sq_sum": pixel_sq_sum}
+
 
 def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int, image_size: int | str,
                     fractions: tuple[float, float, float], crop_size: int, crop_context: float,
@@ -251,6 +252,7 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
     for line in choice["warnings"]:
         log.warning("%s", line)
     counts, hashes = {}, {}
+    started = time.perf_counter()
     with WorkerPool(workers) as pool:
         for split in SPLITS:
             part = images[images["split"] == split].sort_values("image_id")
@@ -262,6 +264,9 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
                 pixels = max(1, len(part) * image_size * image_size)
                 mean = written["pixel_sum"] / 255.0 / pixels
                 std = np.sqrt(np.maximum(written["pixel_sq_sum"] / 255.0 ** 2 / pixels - mean ** 2, 1e-12))
+    seconds = time.perf_counter() - started
+    log.info("letterboxed %d images in %.2f s: %.1f images/s on %d worker(s)", len(images), seconds,
+             len(images) / max(seconds, 1e-9), workers)
     for path in sorted(out_dir.glob("*/*")):  # the small files; the large ones were hashed as they were written
         key = str(path.relative_to(out_dir))
         if path.is_file() and key not in hashes:

@@ -1,8 +1,10 @@
 """One image of prepare: decode, letterbox, move its labels into prepared coordinates, cut its crops.
 
 :func:`prepare_image` is what prepare's process pool runs (:mod:`cvpipe.data.parallel`): it takes a small,
-picklable :class:`ImageJob` and returns an :class:`ImageResult` holding only the arrays the plan asks for, so the
-pool moves no byte that is not written. It depends on nothing but its job, so 1 and N workers give the same bytes.
+picklable :class:`ImageJob`, writes the image's rows of the arrays the plan asks for straight into their files
+(:class:`~cvpipe.data.npy_stream.RowTarget`: the pixels never travel back through the pool), and returns an
+:class:`ImageResult` with the image's labels and COCO records. It depends on nothing but its job, so 1 and N
+workers give the same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PIL import Image
 
 from cvpipe.data.image_files import open_rgb
 from cvpipe.data.masks import decode_segmentation, encode_mask
+from cvpipe.data.npy_stream import RowTarget
 
 PAD_VALUE = 114  # letterbox grey, the value YOLO-family preprocessing uses
 IGNORE_INDEX = 255
@@ -28,9 +31,17 @@ def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.BILINEAR)
     out = np.full((size, size, 3), PAD_VALUE, np.uint8)
-    arr = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     out[: arr.shape[0], : arr.shape[1]] = arr
     return out, scale
+
+
+def channel_sums(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel sums of the uint8 pixels of ``image`` [H, W, 3] and of their squares (int64 [3] each),
+    from one 256-bin histogram per channel: no float rounding, no [H·W, 3] int64 temporary."""
+    values = np.arange(256, dtype=np.int64)
+    hist = np.stack([np.bincount(image[..., c].ravel(), minlength=256) for c in range(3)])  # [3, 256]
+    return hist @ values, hist @ (values * values)
 
 
 def letterbox_mask(mask: np.ndarray, scale: float, size: int) -> np.ndarray:
@@ -70,38 +81,37 @@ class Annotation:
 
 @dataclass(frozen=True)
 class ImageJob:
-    """What one worker needs for one image: the file, its source size, its annotations and what to return."""
+    """What one worker needs for one image: the file, its source size, its annotations and where its rows go
+    (None: the plan does not write that array)."""
 
     path: Path
     image_id: int
     file_name: str
-    index: int  # row in the split's arrays
+    index: int  # row in the split's image-indexed arrays
     height: int
     width: int
     annotations: tuple[Annotation, ...]
     image_size: int
     crop_size: int
     crop_context: float
-    want_image: bool
-    want_semantic: bool
-    want_crops: bool
+    image_out: RowTarget | None
+    semantic_out: RowTarget | None
+    crops_out: RowTarget | None
+    first_crop: int  # row of this image's first crop (its non-crowd objects' rows follow)
 
 
 @dataclass
 class ImageResult:
-    """The image's rows of the split's arrays (only those asked for) and its COCO records.
+    """The image's labels and COCO records (its array rows are in their files already).
 
     ``pixel_sum`` / ``pixel_sq_sum``: per-channel integer sums of the letterboxed pixels and of their squares
     (exact, so the train statistics do not depend on how images were spread over workers)."""
 
-    image: np.ndarray | None
-    semantic: np.ndarray | None
     coco_image: dict[str, Any]
     coco_annotations: list[dict[str, Any]]
     boxes: list[np.ndarray] = field(default_factory=list)  # float32 [4] xyxy, non-crowd objects in order
     labels: list[int] = field(default_factory=list)
     mask_rles: list[bytes | None] = field(default_factory=list)  # compressed RLE counts, None: box without mask
-    crops: list[np.ndarray] = field(default_factory=list)
     pixel_sum: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
     pixel_sq_sum: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
 
@@ -112,13 +122,13 @@ def prepare_image(job: ImageJob) -> ImageResult:
     crops of its non-crowd objects. Crowd regions go to the COCO records and the label map (as ignore) only."""
     size = job.image_size
     image, scale = letterbox(open_rgb(job.path), size)
-    pixels = image.reshape(-1, 3).astype(np.int64)
-    semantic = np.zeros((size, size), np.uint8) if job.want_semantic else None
+    pixel_sum, pixel_sq_sum = channel_sums(image)
+    semantic = np.zeros((size, size), np.uint8) if job.semantic_out is not None else None
+    crops: list[np.ndarray] = []
     result = ImageResult(
-        image=image if job.want_image else None, semantic=semantic,
         coco_image={"id": job.image_id, "file_name": job.file_name, "width": size, "height": size,
                     "index": job.index, "scale": scale},
-        coco_annotations=[], pixel_sum=pixels.sum(axis=0), pixel_sq_sum=(pixels * pixels).sum(axis=0))
+        coco_annotations=[], pixel_sum=pixel_sum, pixel_sq_sum=pixel_sq_sum)
     for ann in job.annotations:
         box = np.clip(np.array([ann.x, ann.y, ann.x + ann.w, ann.y + ann.h], np.float32) * scale, 0, size)
         record = {"id": ann.ann_id, "image_id": job.image_id, "category_id": ann.category_id,
@@ -137,6 +147,13 @@ def prepare_image(job: ImageJob) -> ImageResult:
         result.boxes.append(box)
         result.labels.append(ann.category_id - 1)
         result.mask_rles.append(rle)
-        if job.want_crops:
-            result.crops.append(object_crop(image, box, context=job.crop_context, crop_size=job.crop_size))
+        if job.crops_out is not None:
+            crops.append(object_crop(image, box, context=job.crop_context, crop_size=job.crop_size))
+    if job.image_out is not None:
+        job.image_out.write(job.index, image)
+    if semantic is not None and job.semantic_out is not None:
+        job.semantic_out.write(job.index, semantic)
+    if crops and job.crops_out is not None:
+        job.crops_out.write(job.first_crop, np.stack(crops))
     return result
+
