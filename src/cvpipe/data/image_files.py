@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cvpipe.data.file_checks import MISSING, REGULAR, UnreadableFile, file_kind, read_regular_bytes
 

@@ -26,9 +26,9 @@ configured models' tasks); the others are always there:
 :mod:`cvpipe.data.image_size` (the split is drawn first, so the choice never sees validation or test labels).
 
 Scale: images are decoded and letterboxed by a process pool (:mod:`cvpipe.data.parallel`, results in image
-order, so 1 and N workers write the same bytes), and the large arrays are streamed to disk in image order
-(:mod:`cvpipe.data.npy_stream`), hashed on the way; the train statistics are exact integer sums gathered in the
-same pass. Memory holds a bounded window of images plus a few dozen bytes per object (boxes, labels, mask RLEs);
+order, so 1 and N workers write the same bytes); the workers write their rows of the large arrays in place and
+this process hashes them in row order as they are confirmed (:mod:`cvpipe.data.npy_stream`); the train statistics
+are exact integer sums gathered in the same pass. Memory holds a bounded window of images plus a few dozen bytes per object (boxes, labels, mask RLEs);
 the COCO records are streamed to a temporary file.
 """
 
@@ -107,7 +107,7 @@ def _annotation_rows(dataset: CanonicalDataset, images: pd.DataFrame) -> dict[in
 
 
 def _jobs(dataset: CanonicalDataset, images: pd.DataFrame, *, image_size: int, crop_size: int, crop_context: float,
-          files: dict[str, NpyRowFile]) -> Iterator[ImageJob]:
+          files: dict[str, NpyRowFile], statistics: bool) -> Iterator[ImageJob]:
     by_image = _annotation_rows(dataset, images)
     targets = {name: files[name].target() if name in files else None for name in ("images", "semantic", "crops")}
     first_crop = 0
@@ -116,7 +116,7 @@ def _jobs(dataset: CanonicalDataset, images: pd.DataFrame, *, image_size: int, c
         yield ImageJob(dataset.image_root / row.file_name, int(row.image_id), str(row.file_name), i,
                        int(row.height), int(row.width), annotations, image_size, crop_size, crop_context,
                        image_out=targets["images"], semantic_out=targets["semantic"], crops_out=targets["crops"],
-                       first_crop=first_crop)
+                       first_crop=first_crop, want_statistics=statistics)
         first_crop += sum(not a.iscrowd for a in annotations)
 
 
@@ -177,7 +177,8 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
     has_mask: list[bool] = []
     pixel_sum = np.zeros(3, np.int64)
     pixel_sq_sum = np.zeros(3, np.int64)
-    jobs = _jobs(dataset, images, image_size=image_size, crop_size=crop_size, crop_context=crop_context, files=files)
+    jobs = _jobs(dataset, images, image_size=image_size, crop_size=crop_size, crop_context=crop_context, files=files,
+                 statistics=split == "train")
     try:
         for result in tqdm(pool.map(prepare_image, jobs), total=n, desc=f"prepare {split}", unit="img"):
             for name, file in files.items():  # this image's rows are on disk: hash them in order
@@ -216,6 +217,24 @@ def _prepare_split(dataset: CanonicalDataset, images: pd.DataFrame, out: Path, *
             "hashes": hashes, "pixel_sum": pixel_sum, "pixel_sq_sum": pixel_sq_sum}
 
 
+def _assign_splits(dataset: CanonicalDataset, *, seed: int, fractions: tuple[float, float, float],
+                   pool: WorkerPool) -> pd.DataFrame:
+    """The images table with ``split`` set: the source's when it gives all three, else a seeded draw that keeps
+    byte-identical files (web-scraped sets have them) in one split together: no train/test leakage."""
+    images = dataset.images.copy()
+    given = images["split"].where(images["split"].isin(SPLITS))
+    if given.notna().all() and set(given) == set(SPLITS):
+        log.info("keeping the splits given by the source")
+        return images
+    if given.notna().any():  # e.g. only train/val: evaluation and tuning need all three
+        log.warning("the source gives splits %s for %d of %d images, not all of train/val/test: drawing a "
+                    "seeded split instead", sorted(set(given.dropna())), int(given.notna().sum()), len(images))
+    groups = identical_file_groups(dataset.image_root, images, pool=pool)
+    assignment = split_image_ids(sorted(set(groups.values())), seed=seed, fractions=fractions)
+    images["split"] = images["image_id"].map(groups).map(assignment)
+    return images
+
+
 def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int, image_size: int | str,
                     fractions: tuple[float, float, float], crop_size: int, crop_context: float,
                     size_rule: AutoSizeRule = AutoSizeRule(), plan: ArrayPlan = ArrayPlan(), workers: int = 1,
@@ -224,36 +243,24 @@ def prepare_dataset(dataset: CanonicalDataset, out_dir: str | Path, *, seed: int
     rule), letterbox with ``workers`` processes and write the arrays of ``plan`` (mask arrays only where the source
     has masks); returns (and writes) ``meta.json``. The output is the same bytes for any ``workers``."""
     out_dir = Path(out_dir)
+    source = str(dataset.info.get("path") or dataset.image_root)
     has_masks = bool(dataset.annotations["segmentation"].notna().any()) if len(dataset.annotations) else False
-    plan = without_masks(plan, has_masks=has_masks, source=str(dataset.info.get("path") or dataset.image_root))
-    images = dataset.images.copy()
-    given = images["split"].where(images["split"].isin(SPLITS))
-    if given.notna().all() and set(given) == set(SPLITS):
-        log.info("keeping the splits given by the source")
-    else:
-        if given.notna().any():  # e.g. only train/val: evaluation and tuning need all three
-            log.warning("the source gives splits %s for %d of %d images, not all of train/val/test: drawing a "
-                        "seeded split instead", sorted(set(given.dropna())), int(given.notna().sum()), len(images))
-        # byte-identical files (web-scraped sets have them) go to one split together: no train/test leakage
-        with WorkerPool(workers) as pool:
-            groups = identical_file_groups(dataset.image_root, images, pool=pool)
-        assignment = split_image_ids(sorted(set(groups.values())), seed=seed, fractions=fractions)
-        images["split"] = images["image_id"].map(groups).map(assignment)
+    plan = without_masks(plan, has_masks=has_masks, source=source)
     names = dict(zip(dataset.categories["category_id"].astype(int), dataset.categories["name"].astype(str)))
-    per_class = class_counts(dataset.annotations, images.set_index("image_id")["split"], names)
-    split_warnings = check_split(per_class, {s: int((images["split"] == s).sum()) for s in SPLITS}, plan=plan,
-                                 class_absent_from_train=class_absent_from_train,
-                                 source=str(dataset.info.get("path") or dataset.image_root))
-    train_images = images[images["split"] == "train"]
-    choice = choose_image_size(train_images if len(train_images) else images, dataset.annotations, names,
-                               requested=image_size, rule=size_rule)
-    image_size = choice["image_size"]
-    log.info("image size %d px: %s", image_size, choice["reason"])
-    for line in choice["warnings"]:
-        log.warning("%s", line)
     counts, hashes = {}, {}
-    started = time.perf_counter()
-    with WorkerPool(workers) as pool:
+    with WorkerPool(workers) as pool:  # one pool for the duplicate-file hashing and the three splits
+        images = _assign_splits(dataset, seed=seed, fractions=fractions, pool=pool)
+        per_class = class_counts(dataset.annotations, images.set_index("image_id")["split"], names)
+        split_warnings = check_split(per_class, {s: int((images["split"] == s).sum()) for s in SPLITS}, plan=plan,
+                                     class_absent_from_train=class_absent_from_train, source=source)
+        train_images = images[images["split"] == "train"]
+        choice = choose_image_size(train_images if len(train_images) else images, dataset.annotations, names,
+                                   requested=image_size, rule=size_rule)
+        image_size = choice["image_size"]
+        log.info("image size %d px: %s", image_size, choice["reason"])
+        for line in choice["warnings"]:
+            log.warning("%s", line)
+        started = time.perf_counter()
         for split in SPLITS:
             part = images[images["split"] == split].sort_values("image_id")
             written = _prepare_split(dataset, part, out_dir / split, image_size=image_size, crop_size=crop_size,

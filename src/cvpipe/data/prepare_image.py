@@ -98,6 +98,7 @@ class ImageJob:
     semantic_out: RowTarget | None
     crops_out: RowTarget | None
     first_crop: int  # row of this image's first crop (its non-crowd objects' rows follow)
+    want_statistics: bool  # the train split's pixel sums (the mean/std); val and test skip them
 
 
 @dataclass
@@ -105,7 +106,8 @@ class ImageResult:
     """The image's labels and COCO records (its array rows are in their files already).
 
     ``pixel_sum`` / ``pixel_sq_sum``: per-channel integer sums of the letterboxed pixels and of their squares
-    (exact, so the train statistics do not depend on how images were spread over workers)."""
+    (exact, so the train statistics do not depend on how images were spread over workers); zeros when the job
+    did not ask for them."""
 
     coco_image: dict[str, Any]
     coco_annotations: list[dict[str, Any]]
@@ -122,7 +124,7 @@ def prepare_image(job: ImageJob) -> ImageResult:
     crops of its non-crowd objects. Crowd regions go to the COCO records and the label map (as ignore) only."""
     size = job.image_size
     image, scale = letterbox(open_rgb(job.path), size)
-    pixel_sum, pixel_sq_sum = channel_sums(image)
+    pixel_sum, pixel_sq_sum = channel_sums(image) if job.want_statistics else (np.zeros(3, np.int64),) * 2
     semantic = np.zeros((size, size), np.uint8) if job.semantic_out is not None else None
     crops: list[np.ndarray] = []
     result = ImageResult(
@@ -151,7 +153,7 @@ def prepare_image(job: ImageJob) -> ImageResult:
             crops.append(object_crop(image, box, context=job.crop_context, crop_size=job.crop_size))
     if job.image_out is not None:
         job.image_out.write(job.index, image)
-    if semantic is not None and job.semantic_out is not None:
+    if job.semantic_out is not None:
         job.semantic_out.write(job.index, semantic)
     if crops and job.crops_out is not None:
         job.crops_out.write(job.first_crop, np.stack(crops))

@@ -13,8 +13,6 @@ Per-split class counts go to ``meta.json`` and the prepare report whether or not
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 import pandas as pd
 
 from cvpipe.data.array_plan import ArrayPlan
@@ -65,7 +63,3 @@ def check_split(counts: dict[str, dict[str, int]], images_per_split: dict[str, i
         log.warning("%s", line)
     return warnings
 
-
-def describe_counts(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
-    """Rows for a report: class, then objects per split."""
-    return [{"class": name, **{s: counts[s][name] for s in SPLITS}} for name in counts["train"]]
